@@ -1,0 +1,71 @@
+"""Architecture of the Wan2.1 DiT: a frozen dataclass, hashable so it can be a static jit argument.
+
+Run-time choices (dtypes, attention backend, remat) are not architecture and live on the module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+  dim: int = 1536
+  ffn_dim: int = 8960
+  num_heads: int = 12
+  num_layers: int = 30
+  in_dim: int = 16
+  out_dim: int = 16
+  text_dim: int = 4096
+  freq_dim: int = 256
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  eps: float = 1e-6
+  rope_theta: float = 10000.0
+  # Hybrid Forcing adds one Linear(head_dim, head_dim) per layer for the linear-attention read-out.
+  linear_proj: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+    if self.dim % self.num_heads:
+      raise ValueError(f"WanConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"WanConfig: head_dim {self.head_dim} must be even for RoPE")
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def rope_split(self) -> tuple[int, int, int]:
+    """Channels of each head given to (time, height, width) RoPE: 44/42/42 for head_dim 128."""
+    hw = 2 * (self.head_dim // 6)
+    return (self.head_dim - 2 * hw, hw, hw)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["patch_size"] = list(self.patch_size)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "WanConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"WanConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+WAN_1_3B = WanConfig()
+WAN_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+PRESETS = {"wan_1_3b": WAN_1_3B, "wan_14b": WAN_14B}
+
+
+def tiny_config(**overrides) -> WanConfig:
+  """A few-layer model for CPU tests: head_dim 24 keeps the 3-way RoPE split non-trivial."""
+  base = dict(dim=48, ffn_dim=96, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=32, freq_dim=16)
+  base.update(overrides)
+  return WanConfig(**base)

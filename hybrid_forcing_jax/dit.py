@@ -1,0 +1,349 @@
+"""The Wan2.1 text-to-video DiT in Flax, with per-frame timesteps and scanned layers.
+
+Latents are channels-last, x [B, F, H, W, C]; timesteps are per latent frame, t [B, F]. The 30 (or 40)
+blocks are one `nn.scan` over stacked parameters, so compile time does not grow with depth. The
+parameter tree carries Wan's original names (`blocks.self_attn.q.weight`, stacked over layers on axis
+0); see hybrid_forcing_jax/checkpoint.py.
+
+Attention layouts (`AttentionLayout`):
+  * bidirectional: every token sees every token (teacher, critic);
+  * block_causal: chunk c of `num_frame_per_block` latent frames sees chunks 0..c (training);
+  * the streaming engine plugs its own key/value source in at `SelfAttention.attend`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hybrid_forcing_jax.attention import attention
+from hybrid_forcing_jax.config import WanConfig
+from hybrid_forcing_jax.layers import Dtype, LayerNorm, Linear, RMSNorm, gelu_tanh, layer_norm
+from hybrid_forcing_jax.rope import apply_rope, rope_tables
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionLayout:
+  """Which keys each query sees in self-attention; static (hashable) so it is part of the trace."""
+  kind: str = "bidirectional"  # or "block_causal"
+  frames_per_chunk: int = 0  # latent frames per chunk (`num_frame_per_block`), for block_causal
+
+  def __post_init__(self):
+    if self.kind not in ("bidirectional", "block_causal"):
+      raise ValueError(f"AttentionLayout.kind must be 'bidirectional' or 'block_causal', got {self.kind!r}")
+    if self.kind == "block_causal" and self.frames_per_chunk < 1:
+      raise ValueError(f"AttentionLayout: block_causal needs frames_per_chunk >= 1, got {self.frames_per_chunk}")
+
+  @classmethod
+  def block_causal(cls, frames_per_chunk: int) -> "AttentionLayout":
+    return cls("block_causal", frames_per_chunk)
+
+
+def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
+  """Wan's timestep embedding: cat(cos, sin) of t * 10000^(-i/half), in float32."""
+  half = dim // 2
+  freqs = jnp.power(10000.0, -jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def block_causal_attention(q, k, v, chunk_tokens: int, backend: str):
+  """Chunk c's queries attend to keys [0, (c+1) * chunk_tokens): each chunk is a batch entry with a
+  key-length mask, so cuDNN can skip the masked tail instead of reading a dense [L, L] mask."""
+  b, length, h, d = q.shape
+  chunks = length // chunk_tokens
+  qc = q.reshape(b * chunks, chunk_tokens, h, d)
+  kc = jnp.broadcast_to(k[:, None], (b, chunks) + k.shape[1:]).reshape(b * chunks, length, h, d)
+  vc = jnp.broadcast_to(v[:, None], (b, chunks) + v.shape[1:]).reshape(b * chunks, length, h, d)
+  lengths = jnp.tile((jnp.arange(chunks, dtype=jnp.int32) + 1) * chunk_tokens, b)
+  out = attention(qc, kc, vc, kv_lengths=lengths, backend=backend)
+  return out.reshape(b, length, h, d)
+
+
+class SelfAttention(nn.Module):
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+  backend: str
+
+  def setup(self):
+    c = self.config
+    self.q, self.k, self.v, self.o = (Linear(c.dim, self.dtype, self.param_dtype) for _ in range(4))
+    self.norm_q = RMSNorm(c.eps, self.dtype)
+    self.norm_k = RMSNorm(c.eps, self.dtype)
+    if c.linear_proj:
+      # Hybrid Forcing's read-out of the linear-attention memory (Eq. 7): Linear(head_dim, head_dim)
+      # shared across heads, zero-initialised so a dense checkpoint starts out unchanged. Declared as
+      # one parameter pytree so it exists even in layouts that never read the memory.
+      zeros = lambda key, d: {"weight": jnp.zeros((d, d), self.param_dtype), "bias": jnp.zeros((d,), self.param_dtype)}
+      self.linear_proj = self.param("linear_proj", zeros, c.head_dim)
+
+  def project(self, x):
+    """x [B, L, dim] -> q, k, v [B, L, H, D], q and k RMS-normed across heads, not yet rotated."""
+    b, length, _ = x.shape
+    split = lambda y: y.reshape(b, length, self.config.num_heads, self.config.head_dim)
+    return split(self.norm_q(self.q(x))), split(self.norm_k(self.k(x))), split(self.v(x))
+
+  def attend(self, q, k, v, layout: AttentionLayout, frame_tokens: int):
+    if layout.kind == "block_causal":
+      return block_causal_attention(q, k, v, layout.frames_per_chunk * frame_tokens, self.backend)
+    return attention(q, k, v, backend=self.backend)
+
+  def __call__(self, x, cos, sin, layout: AttentionLayout, frame_tokens: int):
+    q, k, v = self.project(x)
+    out = self.attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, layout, frame_tokens)
+    return self.o(out.reshape(x.shape[0], x.shape[1], self.config.dim))
+
+
+class CrossAttention(nn.Module):
+  """Text cross-attention; `text_kv` is separate so K/V are computed once per prompt."""
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+  backend: str
+
+  def setup(self):
+    c = self.config
+    self.q, self.k, self.v, self.o = (Linear(c.dim, self.dtype, self.param_dtype) for _ in range(4))
+    self.norm_q = RMSNorm(c.eps, self.dtype)
+    self.norm_k = RMSNorm(c.eps, self.dtype)
+
+  def text_kv(self, context):
+    b, length, _ = context.shape
+    split = lambda y: y.reshape(b, length, self.config.num_heads, self.config.head_dim)
+    return split(self.norm_k(self.k(context))), split(self.v(context))
+
+  def __call__(self, x, kv):
+    b, length, _ = x.shape
+    q = self.norm_q(self.q(x)).reshape(b, length, self.config.num_heads, self.config.head_dim)
+    out = attention(q, kv[0], kv[1], backend=self.backend)
+    return self.o(out.reshape(b, length, self.config.dim))
+
+
+class FeedForward(nn.Module):
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    h = gelu_tanh(Linear(self.config.ffn_dim, self.dtype, self.param_dtype, name="0")(x))
+    return Linear(self.config.dim, self.dtype, self.param_dtype, name="2")(h)
+
+
+class WanBlock(nn.Module):
+  """One Wan block. Scanned: every method takes (carry, per_layer, shared) and returns (carry, out).
+
+  The residual stream x [B, F, S, dim] stays in float32; modulation e0 [B, F, 6, dim] is per frame.
+  """
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+  backend: str
+
+  def setup(self):
+    c = self.config
+    self.self_attn = SelfAttention(c, self.dtype, self.param_dtype, self.backend)
+    self.cross_attn = CrossAttention(c, self.dtype, self.param_dtype, self.backend)
+    self.norm3 = LayerNorm(c.eps, self.dtype)
+    self.ffn = FeedForward(c, self.dtype, self.param_dtype)
+    self.modulation = self.param(
+        "modulation", lambda key, shape: jax.random.normal(key, shape, jnp.float32) / math.sqrt(c.dim),
+        (1, 6, c.dim))
+
+  def text_kv(self, context, per_layer, shared):
+    del per_layer, shared
+    return context, self.cross_attn.text_kv(context)
+
+  def __call__(self, x, per_layer, shared):
+    c = self.config
+    b, f, s, _ = x.shape
+    # e: 6 x [B, F, 1, dim] = shift/scale/gate for self-attention, then for the FFN (float32).
+    e = jnp.split(self.modulation[None] + shared["e0"], 6, axis=2)
+
+    def modulate(y, shift, scale):
+      return (layer_norm(y, c.eps) * (1 + scale) + shift).astype(self.dtype)
+
+    tokens = lambda y: y.reshape(b, f * s, y.shape[-1])
+    y = self.self_attn(tokens(modulate(x, e[0], e[1])), shared["cos"], shared["sin"], shared["layout"], s)
+    x = x + y.reshape(b, f, s, c.dim).astype(jnp.float32) * e[2]
+    y = self.cross_attn(tokens(self.norm3(x)), per_layer["text_kv"])
+    x = x + y.reshape(b, f, s, c.dim).astype(jnp.float32)
+    y = self.ffn(modulate(x, e[3], e[4]))
+    x = x + y.astype(jnp.float32) * e[5]
+    return x, None
+
+
+class WanDiT(nn.Module):
+  """The Wan2.1 T2V DiT. `__call__` returns the flow-matching velocity, same layout as x."""
+  config: WanConfig
+  dtype: Dtype = jnp.bfloat16
+  param_dtype: Dtype = jnp.bfloat16
+  attention_backend: str = "auto"
+  remat: bool = False
+
+  def setup(self):
+    c = self.config
+    block = nn.remat(WanBlock, static_argnums=()) if self.remat else WanBlock
+    self.blocks = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast), length=c.num_layers, methods=["__call__", "text_kv"],
+    )(c, self.dtype, self.param_dtype, self.attention_backend)
+    self.patch_embedding = PatchEmbedding(c, self.dtype, self.param_dtype)
+    self.text_embedding = TextEmbedding(c, self.dtype, self.param_dtype)
+    # Time embedding and its projection stay in float32, as in Wan.
+    self.time_embedding = TimeEmbedding(c)
+    self.time_projection = TimeProjection(c)
+    self.head = Head(c, self.dtype, self.param_dtype)
+
+  def text_kv(self, context):
+    """Per-layer cross-attention (k, v), each [num_layers, B, Lt, H, D]: compute once per prompt."""
+    self._check_context(context)
+    emb = self.text_embedding(context)
+    return self.blocks.text_kv(emb, None, None)[1]
+
+  def __call__(self, x, t, context=None, *, text_kv=None, frame_offset=0,
+               layout: AttentionLayout = AttentionLayout()):
+    """x [B, F, H, W, in_dim]; t [B, F] (or [B]); context [B, Lt, text_dim] or precomputed text_kv.
+
+    frame_offset: temporal RoPE index of the first frame (an int or a traced scalar).
+    """
+    c = self.config
+    self._check_latents(x)
+    b, f, h, w, _ = x.shape
+    t = self._check_timesteps(t, b, f)
+    if (context is None) == (text_kv is None):
+      raise ValueError("WanDiT: pass exactly one of `context` and `text_kv`")
+    if text_kv is None:
+      text_kv = self.text_kv(context)
+    pt, ph, pw = c.patch_size
+    gf, gh, gw = f // pt, h // ph, w // pw
+    if layout.kind == "block_causal" and gf % layout.frames_per_chunk:
+      raise ValueError(f"WanDiT: block_causal needs the {gf} latent frames to be a multiple of "
+                       f"frames_per_chunk {layout.frames_per_chunk}")
+
+    tokens = self.patch_embedding(x)  # [B, gf, gh*gw, dim]
+    e = self.time_embedding(sinusoidal_embedding(t[:, ::pt], c.freq_dim))  # [B, gf, dim], float32
+    e0 = self.time_projection(e)  # [B, gf, 6, dim]
+    cos, sin = rope_tables(c, frame_offset + jnp.arange(gf), gh, gw)
+    shared = dict(e0=e0, cos=cos, sin=sin, layout=layout)
+    hidden, _ = self.blocks(tokens.astype(jnp.float32), dict(text_kv=text_kv), shared)
+    return self.head(hidden, e, (gf, gh, gw))
+
+  def _check_latents(self, x):
+    c = self.config
+    if x.ndim != 5 or x.shape[-1] != c.in_dim:
+      raise ValueError(f"WanDiT: latents must be [B, F, H, W, {c.in_dim}] (channels last), got {x.shape}")
+    for name, size, p in zip(("frames", "height", "width"), x.shape[1:4], c.patch_size):
+      if size % p or size == 0:
+        raise ValueError(f"WanDiT: latent {name} {size} is not a positive multiple of patch size {p} "
+                         f"(patch_size {c.patch_size}, latents {x.shape})")
+
+  def _check_context(self, context):
+    if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
+      raise ValueError(f"WanDiT: context must be [B, Lt, {self.config.text_dim}], got {context.shape}")
+
+  @staticmethod
+  def _check_timesteps(t, b, f):
+    t = jnp.asarray(t)
+    if t.shape == (b,):
+      return jnp.broadcast_to(t[:, None], (b, f))
+    if t.shape != (b, f):
+      raise ValueError(f"WanDiT: timesteps must be [B, F] = [{b}, {f}] (one per latent frame) or [B], got {t.shape}")
+    return t
+
+
+class PatchEmbedding(nn.Module):
+  """Wan's Conv3d with kernel = stride = patch_size, as one matmul over flattened patches."""
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    pt, ph, pw = c.patch_size
+    fan_in = c.in_dim * pt * ph * pw
+    w = self.param("weight", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=(1, 2, 3, 4),
+                                                               out_axis=0),
+                   (c.dim, c.in_dim, pt, ph, pw), self.param_dtype)
+    b = self.param("bias", nn.initializers.zeros, (c.dim,), self.param_dtype)
+    bsz, f, h, wd, ch = x.shape
+    p = x.reshape(bsz, f // pt, pt, h // ph, ph, wd // pw, pw, ch)
+    # patch vector ordered (channel, pt, ph, pw), matching the Conv3d weight [dim, C, pt, ph, pw].
+    p = p.transpose(0, 1, 3, 5, 7, 2, 4, 6).reshape(bsz, f // pt, (h // ph) * (wd // pw), fan_in)
+    y = jnp.einsum("bfsk,ok->bfso", p.astype(self.dtype), w.reshape(c.dim, fan_in).astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+    return (y + b.astype(jnp.float32)).astype(self.dtype)
+
+
+class TextEmbedding(nn.Module):
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, context):
+    init = nn.initializers.normal(0.02)
+    h = gelu_tanh(Linear(self.config.dim, self.dtype, self.param_dtype, init, name="0")(context))
+    return Linear(self.config.dim, self.dtype, self.param_dtype, init, name="2")(h)
+
+
+class TimeEmbedding(nn.Module):
+  config: WanConfig
+
+  @nn.compact
+  def __call__(self, freqs):
+    init = nn.initializers.normal(0.02)
+    h = nn.silu(Linear(self.config.dim, jnp.float32, jnp.float32, init, name="0")(freqs))
+    return Linear(self.config.dim, jnp.float32, jnp.float32, init, name="2")(h)
+
+
+class TimeProjection(nn.Module):
+  config: WanConfig
+
+  @nn.compact
+  def __call__(self, e):
+    y = Linear(6 * self.config.dim, jnp.float32, jnp.float32, name="1")(nn.silu(e))
+    return y.reshape(*e.shape[:-1], 6, self.config.dim)
+
+
+class Head(nn.Module):
+  """Final modulated LayerNorm, Linear to patch pixels, and unpatchify back to [B, F, H, W, out_dim]."""
+  config: WanConfig
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, e, grid):
+    c = self.config
+    modulation = self.param(
+        "modulation", lambda key, shape: jax.random.normal(key, shape, jnp.float32) / math.sqrt(c.dim),
+        (1, 2, c.dim))
+    shift, scale = jnp.split(modulation[None] + e[:, :, None], 2, axis=2)  # [B, F, 1, dim] each
+    y = (layer_norm(x, c.eps) * (1 + scale) + shift).astype(self.dtype)
+    pt, ph, pw = c.patch_size
+    y = Linear(pt * ph * pw * c.out_dim, self.dtype, self.param_dtype, nn.initializers.zeros, name="head")(y)
+    gf, gh, gw = grid
+    b = x.shape[0]
+    # Wan's head emits each patch ordered (pt, ph, pw, channel).
+    y = y.reshape(b, gf, gh, gw, pt, ph, pw, c.out_dim).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return y.reshape(b, gf * pt, gh * ph, gw * pw, c.out_dim)
+
+
+def init_params(config: WanConfig, key, *, param_dtype=jnp.bfloat16, batch: int = 1, text_len: int = 8):
+  """Random parameters (Wan's initialisers), for tests and for running without a checkpoint."""
+  model = WanDiT(config, dtype=param_dtype, param_dtype=param_dtype, attention_backend="xla")
+  pt, ph, pw = config.patch_size
+  x = jnp.zeros((batch, pt, ph, pw, config.in_dim), param_dtype)
+  ctx = jnp.zeros((batch, text_len, config.text_dim), param_dtype)
+  return model.init(key, x, jnp.zeros((batch, pt)), ctx)["params"]
+
+
+def param_shapes(config: WanConfig, param_dtype=jnp.bfloat16) -> Any:
+  """The parameter tree as ShapeDtypeStructs, without allocating it."""
+  return jax.eval_shape(lambda k: init_params(config, k, param_dtype=param_dtype), jax.random.key(0))
