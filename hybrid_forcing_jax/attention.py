@@ -28,20 +28,57 @@ def available_backends() -> tuple[str, ...]:
   return ("auto",) + tuple(sorted(_BACKENDS))
 
 
-def resolve_backend(backend: str, dtype) -> str:
-  """`auto` picks cuDNN for 16-bit inputs on a GPU and the XLA reference otherwise."""
+SPARSE_BACKENDS = ("xla", "pallas_triton", "pallas_mosaic")
+
+
+def resolve_backend(backend: str, dtype, sparse: bool = False) -> str:
+  """`auto` picks, for dense calls, cuDNN for 16-bit inputs on a GPU and the XLA reference otherwise; for
+  block-sparse calls (`sparse_ratio` set), the Mosaic GPU kernel on Hopper, the Triton kernel on other
+  GPUs and the XLA dense-mask reference elsewhere."""
   if backend == "auto":
     on_gpu = jax.default_backend() == "gpu"
+    if sparse:
+      if not on_gpu or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        return "xla"
+      from kernels.block_sparse import mosaic_attention, on_hopper
+      return "pallas_mosaic" if on_hopper() and mosaic_attention.AVAILABLE else "pallas_triton"
     return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
   if backend not in _BACKENDS:
     raise ValueError(f"attention backend {backend!r} is unknown; choose one of {available_backends()}")
+  if sparse and backend not in SPARSE_BACKENDS:
+    raise ValueError(f"attention backend {backend!r} cannot do block-sparse attention (sparse_ratio set); "
+                     f"use one of {SPARSE_BACKENDS}")
   return backend
 
 
-def attention(q, k, v, *, kv_lengths=None, backend: str = "auto") -> jnp.ndarray:
+def attention(q, k, v, *, kv_lengths=None, backend: str = "auto", sparse_ratio: float | None = None,
+              keep_sink_tokens: int = 0, keep_own_chunk: bool = False) -> jnp.ndarray:
+  """Softmax attention; returns the output [B, Lq, H, D] in q's dtype.
+
+  `sparse_ratio=None` is dense attention. A ratio in (0, 1] is Hybrid Forcing's top-k block-sparse
+  attention: per (batch, head, 64-query block) the floor(ratio * n_key_blocks) key blocks of 64 whose mean
+  key best matches the mean query are attended (see kernels/block_sparse). `keep_sink_tokens` (keys
+  [0, n)) and `keep_own_chunk` (keys [Lk - Lq, Lk)) force-keep blocks on top of the top-k. The LSE is
+  available from `kernels.block_sparse.block_sparse_attention(..., return_lse=True)`.
+  """
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"attention expects q [B,Lq,H,D] and k, v [B,Lk,H,D]; got q {q.shape}, k {k.shape}, v {v.shape}")
-  return _BACKENDS[resolve_backend(backend, q.dtype)](q, k, v, kv_lengths=kv_lengths)
+  if sparse_ratio is None:
+    if keep_sink_tokens or keep_own_chunk:
+      raise ValueError("keep_sink_tokens / keep_own_chunk only apply to block-sparse attention (set sparse_ratio)")
+    name = resolve_backend(backend, q.dtype)
+    if name in ("pallas_triton", "pallas_mosaic"):
+      sparse_ratio = 1.0   # the block-sparse kernels with every block kept: exact dense attention
+    else:
+      return _BACKENDS[name](q, k, v, kv_lengths=kv_lengths)
+  else:
+    name = resolve_backend(backend, q.dtype, sparse=True)
+  if kv_lengths is not None:
+    raise ValueError(f"attention backend {name!r}: block-sparse attention takes no kv_lengths; "
+                     "slice k and v to the visible keys instead")
+  from kernels.block_sparse import block_sparse_attention
+  return block_sparse_attention(q, k, v, sparse_ratio=sparse_ratio, keep_sink_tokens=keep_sink_tokens,
+                                keep_own_chunk=keep_own_chunk, impl=name)
 
 
 @register_backend("xla")
@@ -66,3 +103,13 @@ def _cudnn_attention(q, k, v, *, kv_lengths=None):
   q_lengths = None if kv_lengths is None else jnp.full_like(kv_lengths, q.shape[1])
   return jax.nn.dot_product_attention(
       q, k, v, query_seq_lengths=q_lengths, key_value_seq_lengths=kv_lengths, implementation="cudnn")
+
+
+def _block_sparse_only(name: str):
+  def fn(q, k, v, *, kv_lengths=None):   # dense calls are routed by `attention` itself (ratio 1.0)
+    raise ValueError(f"attention backend {name!r} is a block-sparse kernel; call it through `attention`")
+  return fn
+
+
+register_backend("pallas_triton")(_block_sparse_only("pallas_triton"))
+register_backend("pallas_mosaic")(_block_sparse_only("pallas_mosaic"))

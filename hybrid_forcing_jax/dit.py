@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hybrid_forcing_jax.attention import attention
+from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
 from hybrid_forcing_jax.config import WanConfig
 from hybrid_forcing_jax.layers import Dtype, LayerNorm, Linear, RMSNorm, gelu_tanh, layer_norm
 from hybrid_forcing_jax.rope import apply_rope, rope_tables
@@ -347,3 +348,6 @@ def init_params(config: WanConfig, key, *, param_dtype=jnp.bfloat16, batch: int 
 def param_shapes(config: WanConfig, param_dtype=jnp.bfloat16) -> Any:
   """The parameter tree as ShapeDtypeStructs, without allocating it."""
   return jax.eval_shape(lambda k: init_params(config, k, param_dtype=param_dtype), jax.random.key(0))
+
+
+register_model_kind(ModelKind("wan_dit", WanConfig.from_dict, param_shapes))
