@@ -1,4 +1,5 @@
 """Which converter serves which `--model`. Each takes (src, out_dir, **options) and returns the config."""
+from convert.umt5 import convert_umt5
 from convert.wan_dit import convert_dit
 
-CONVERTERS = {"dit": convert_dit}
+CONVERTERS = {"dit": convert_dit, "t5": convert_umt5}

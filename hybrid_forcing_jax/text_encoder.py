@@ -1,0 +1,339 @@
+"""The umT5 encoder (Wan's text encoder, umT5-XXL) in Flax, with scanned layers and a prompt cache.
+
+Semantics follow transformers' `UMT5EncoderModel` (equal to Wan's `wan/modules/t5.py` T5Encoder with
+`shared_pos=False`): pre-norm blocks with RMS norms (no mean, no bias, statistics in float32), attention
+without the 1/sqrt(d) scaling, an additive relative-position bias that every layer owns (unlike T5,
+where only layer 0 has one), and a gated tanh-GELU FFN, gelu(gate(x)) * fc1(x).
+
+Parameters carry Wan's original names stacked over layers (`blocks.attn.q.weight` [layers, out, in]);
+see hybrid_forcing_jax/checkpoint.py. Matmul weights and the token embedding are stored in bf16 by
+default; norms and the position-bias tables in float32. The residual stream, attention scores and
+softmax are float32 whatever the compute dtype.
+
+Output rows at padding positions are zeroed, as Self-Forcing does (Wan truncates to the real length
+and the DiT re-pads with zeros, which is the same thing).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
+from hybrid_forcing_jax.layers import Dtype, RMSNorm, gelu_tanh
+
+
+@dataclasses.dataclass(frozen=True)
+class UMT5Config:
+  vocab_size: int = 256384
+  dim: int = 4096
+  dim_attn: int = 4096  # num_heads * head_dim (transformers' d_kv is the head dim)
+  ffn_dim: int = 10240
+  num_heads: int = 64
+  num_layers: int = 24
+  num_buckets: int = 32
+  max_distance: int = 128
+  eps: float = 1e-6
+
+  def __post_init__(self):
+    if self.dim_attn % self.num_heads:
+      raise ValueError(f"UMT5Config: dim_attn {self.dim_attn} is not divisible by num_heads {self.num_heads}")
+    if self.num_buckets < 4 or self.num_buckets % 2:
+      raise ValueError(f"UMT5Config: num_buckets must be even and >= 4, got {self.num_buckets}")
+    if self.max_distance <= self.num_buckets // 4:
+      raise ValueError(f"UMT5Config: max_distance {self.max_distance} must exceed num_buckets // 4")
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim_attn // self.num_heads
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "UMT5Config":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"UMT5Config: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+UMT5_XXL = UMT5Config()
+TEXT_LEN = 512  # Wan's `text_len`: prompts are padded / truncated to this many tokens
+
+
+def tiny_umt5_config(**overrides) -> UMT5Config:
+  """For CPU tests: head_dim 6 with dim_attn 24 != dim 32 keeps the attention width independent."""
+  base = dict(vocab_size=100, dim=32, dim_attn=24, ffn_dim=64, num_heads=4, num_layers=3, num_buckets=32,
+              max_distance=20)
+  base.update(overrides)
+  return UMT5Config(**base)
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+  """Bidirectional T5 buckets of (key - query) as an int32 [length, length] table.
+
+  Computed in NumPy at trace time (the length is static), in float32 like transformers, so the bucket
+  edges where the log lands on an integer agree with it exactly (the tests compare all of 512 x 512).
+  """
+  rel = np.arange(length)[None, :] - np.arange(length)[:, None]
+  half = num_buckets // 2
+  buckets = (rel > 0).astype(np.int64) * half
+  rel = np.abs(rel)
+  max_exact = half // 2
+  # Distance 0 would give log(0); it is a small distance, so its "large" value is never used.
+  ratio = np.maximum(rel, 1).astype(np.float32) / np.float32(max_exact)
+  log_ratio = np.log(ratio) / np.float32(math.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * np.float32(half - max_exact)).astype(np.int64)
+  large = np.minimum(large, half - 1)
+  return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
+
+
+class Linear(nn.Module):
+  """y = x W^T with W [out, in] (T5 linears have no bias); float32 accumulation."""
+  features: int
+  dtype: Dtype
+  param_dtype: Dtype
+  std: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("weight", nn.initializers.normal(self.std), (self.features, x.shape[-1]), self.param_dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype), (((x.ndim - 1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return y
+
+
+class Embedding(nn.Module):
+  num: int
+  features: int
+  param_dtype: Dtype
+  std: float = 1.0
+
+  @nn.compact
+  def __call__(self, ids):
+    w = self.param("weight", nn.initializers.normal(self.std), (self.num, self.features), self.param_dtype)
+    return jnp.take(w, ids, axis=0)
+
+
+class RelativeEmbedding(nn.Module):
+  """Per-layer position bias [H, Lq, Lk] from the shared bucket table; float32 (it is tiny)."""
+  config: UMT5Config
+
+  @nn.compact
+  def __call__(self, buckets):
+    c = self.config
+    table = Embedding(c.num_buckets, c.num_heads, jnp.float32, (2 * c.num_buckets * c.num_heads) ** -0.5,
+                      name="embedding")(buckets)  # [Lq, Lk, H]
+    return jnp.transpose(table, (2, 0, 1))
+
+
+class Attention(nn.Module):
+  config: UMT5Config
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, bias):
+    """x [B, L, dim]; bias [B, H, L, L] float32 (position bias plus key-padding mask)."""
+    c = self.config
+    b, length, _ = x.shape
+    lin = lambda name, n, std: Linear(n, self.dtype, self.param_dtype, std, name=name)
+    split = lambda y: y.astype(self.dtype).reshape(b, length, c.num_heads, c.head_dim)
+    q = split(lin("q", c.dim_attn, (c.dim * c.head_dim) ** -0.5)(x))
+    k = split(lin("k", c.dim_attn, c.dim ** -0.5)(x))
+    v = split(lin("v", c.dim_attn, c.dim ** -0.5)(x))
+    # Not the project's `attention` entry point: T5 adds a per-layer bias and does not scale q.k, and
+    # at 512 tokens the explicit score matrix (64 MiB in float32 per prompt) is cheap.
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
+    out = out.astype(self.dtype).reshape(b, length, c.dim_attn)
+    return lin("o", c.dim, c.dim_attn ** -0.5)(out)
+
+
+class Gate(nn.Module):
+  """Wan's `ffn.gate` = Sequential(Linear, GELU): the parameter path is `gate.0.weight`."""
+  config: UMT5Config
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    return gelu_tanh(Linear(c.ffn_dim, self.dtype, self.param_dtype, c.dim ** -0.5, name="0")(x))
+
+
+class FeedForward(nn.Module):
+  config: UMT5Config
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.config
+    # The gated product is formed in float32: T5 activations are large here (the reason transformers
+    # keeps `wo` in float32), and a bf16 product would round twice.
+    h = Gate(c, self.dtype, self.param_dtype, name="gate")(x) * Linear(
+        c.ffn_dim, self.dtype, self.param_dtype, c.dim ** -0.5, name="fc1")(x)
+    return Linear(c.dim, self.dtype, self.param_dtype, c.ffn_dim ** -0.5, name="fc2")(h)
+
+
+class UMT5Block(nn.Module):
+  """One pre-norm encoder layer; scanned: (x, shared) -> (x, None), x float32 [B, L, dim]."""
+  config: UMT5Config
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, shared):
+    c = self.config
+    bias = RelativeEmbedding(c, name="pos_embedding")(shared["buckets"])[None] + shared["mask_bias"]
+    x = x + Attention(c, self.dtype, self.param_dtype, name="attn")(RMSNorm(c.eps, self.dtype, name="norm1")(x), bias)
+    x = x + FeedForward(c, self.dtype, self.param_dtype, name="ffn")(RMSNorm(c.eps, self.dtype, name="norm2")(x))
+    return x, None
+
+
+class UMT5Encoder(nn.Module):
+  """ids [B, L] int, mask [B, L] (1 = token, 0 = padding) -> [B, L, dim] in `dtype`, padding rows zero."""
+  config: UMT5Config
+  dtype: Dtype = jnp.bfloat16
+  param_dtype: Dtype = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, ids, mask=None):
+    c = self.config
+    ids = jnp.asarray(ids)
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"UMT5Encoder: token ids must be an integer array [B, L], got {ids.dtype} {ids.shape}")
+    if mask is None:
+      mask = jnp.ones(ids.shape, jnp.int32)
+    mask = jnp.asarray(mask)
+    if mask.shape != ids.shape:
+      raise ValueError(f"UMT5Encoder: mask shape {mask.shape} differs from token ids shape {ids.shape}")
+    if not isinstance(ids, jax.core.Tracer):  # values are only checkable outside jit
+      check_token_ids(np.asarray(ids), c.vocab_size)
+    keep = mask > 0
+    x = Embedding(c.vocab_size, c.dim, self.param_dtype, 1.0, name="token_embedding")(ids).astype(jnp.float32)
+    # Masked keys get the most negative float32 (as transformers and Wan do), not -inf: a row of only
+    # padding keys then stays finite instead of turning into NaN.
+    mask_bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
+    shared = dict(buckets=relative_position_buckets(ids.shape[1], c.num_buckets, c.max_distance),
+                  mask_bias=mask_bias)
+    blocks = nn.scan(UMT5Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=nn.broadcast, length=c.num_layers)(c, self.dtype, self.param_dtype, name="blocks")
+    x, _ = blocks(x, shared)
+    x = RMSNorm(c.eps, self.dtype, name="norm")(x)
+    return jnp.where(keep[..., None], x, jnp.zeros((), x.dtype))
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    raise ValueError(f"UMT5Encoder: token ids {sorted(set(bad.tolist()))[:10]} are outside the vocabulary "
+                     f"[0, {vocab_size}) (is the tokenizer the model's?)")
+
+
+def init_params(config: UMT5Config, key, *, param_dtype=jnp.bfloat16, length: int = 8):
+  """Random parameters with T5's (Mesh TensorFlow's) initialisers; for tests and benchmarks."""
+  model = UMT5Encoder(config, dtype=param_dtype, param_dtype=param_dtype)
+  ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  return model.init(key, jnp.zeros(ids.shape, ids.dtype))["params"]
+
+
+def param_shapes(config: UMT5Config, param_dtype=jnp.bfloat16) -> Any:
+  return jax.eval_shape(lambda k: init_params(config, k, param_dtype=param_dtype), jax.random.key(0))
+
+
+register_model_kind(ModelKind("umt5", UMT5Config.from_dict, param_shapes))
+
+
+class TextEncoder:
+  """Host-side text encoding: prompts -> tokenizer -> jitted encoder -> [B, text_len, dim].
+
+  tokenizer: a transformers tokenizer, or a folder path (local files only; see tokenizer.py).
+  """
+
+  def __init__(self, config: UMT5Config, params, tokenizer=None, *, dtype=jnp.bfloat16, text_len: int = TEXT_LEN):
+    self.config, self.params, self.text_len = config, params, text_len
+    if isinstance(tokenizer, str):
+      from hybrid_forcing_jax.tokenizer import load_tokenizer
+      tokenizer = load_tokenizer(tokenizer)
+    self.tokenizer = tokenizer
+    model = UMT5Encoder(config, dtype=dtype, param_dtype=dtype)
+    self._apply = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask))
+
+  @classmethod
+  def from_checkpoint(cls, folder: str, tokenizer=None, *, dtype=jnp.bfloat16, **kwargs) -> "TextEncoder":
+    from hybrid_forcing_jax.checkpoint import load_checkpoint
+    config, params = load_checkpoint(folder, "umt5", dtype=dtype)
+    return cls(config, params, tokenizer, dtype=dtype, **kwargs)
+
+  def encode_ids(self, ids, mask) -> jnp.ndarray:
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    if ids.ndim != 2 or mask.shape != ids.shape:
+      raise ValueError(f"TextEncoder: ids and mask must both be [B, L], got {ids.shape} and {mask.shape}")
+    check_token_ids(ids, self.config.vocab_size)
+    return self._apply(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+
+  def encode(self, prompts: str | Sequence[str]) -> jnp.ndarray:
+    if self.tokenizer is None:
+      raise ValueError("TextEncoder: no tokenizer was given; pass one or use encode_ids")
+    from hybrid_forcing_jax.tokenizer import tokenize
+    ids, mask = tokenize(self.tokenizer, [prompts] if isinstance(prompts, str) else list(prompts), self.text_len)
+    return self.encode_ids(ids, mask)
+
+
+class PromptEmbeddingCache:
+  """LRU cache of prompt -> [text_len, dim] embeddings, so a long stream encodes each prompt once.
+
+  `encode` maps a list of prompts to [B, text_len, dim] (e.g. `TextEncoder.encode`); misses of one
+  call are encoded together in one batch.
+  """
+
+  def __init__(self, encode, max_entries: int = 64):
+    if max_entries < 1:
+      raise ValueError(f"PromptEmbeddingCache: max_entries must be >= 1, got {max_entries}")
+    self._encode, self.max_entries = encode, max_entries
+    self._entries: collections.OrderedDict[str, jnp.ndarray] = collections.OrderedDict()
+    self.hits = self.misses = 0
+
+  def __len__(self):
+    return len(self._entries)
+
+  def __contains__(self, prompt):
+    return prompt in self._entries
+
+  def get(self, prompt: str) -> jnp.ndarray:
+    return self.get_many([prompt])[0]
+
+  def get_many(self, prompts: Sequence[str]) -> list[jnp.ndarray]:
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+      raise TypeError("PromptEmbeddingCache.get_many: expects a list of prompt strings")
+    missing = list(dict.fromkeys(p for p in prompts if p not in self._entries))
+    self.hits += len(prompts) - sum(1 for p in prompts if p in missing)
+    self.misses += len(missing)
+    fresh = {}
+    if missing:
+      out = self._encode(missing)
+      fresh = {p: out[i] for i, p in enumerate(missing)}
+    result = []
+    for p in prompts:
+      value = fresh[p] if p in fresh else self._entries[p]
+      self._entries[p] = value
+      self._entries.move_to_end(p)
+      result.append(value)
+    while len(self._entries) > self.max_entries:
+      self._entries.popitem(last=False)
+    return result
