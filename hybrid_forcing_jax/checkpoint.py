@@ -54,6 +54,7 @@ def get_model_kind(name: str) -> ModelKind:
 def _register_builtin_kinds():
   # Imported lazily so that this module stays importable without every model.
   from hybrid_forcing_jax import dit  # noqa: F401  (dit registers `wan_dit`)
+  from hybrid_forcing_jax import vae  # noqa: F401  (registers `wan_vae`)
   from hybrid_forcing_jax import text_encoder  # noqa: F401  (registers `umt5`)
 
 

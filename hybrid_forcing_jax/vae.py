@@ -1,0 +1,379 @@
+"""The Wan2.1 VAE in JAX: encoder (video -> normalised latents) and streaming decoder.
+
+Parameters carry Wan's original `Wan2.1_VAE.pth` names (`decoder.upsamples.4.residual.2.weight`) and
+PyTorch layouts, unstacked (the blocks differ in shape). The model is pure functions over that tree;
+`WanVAE` binds a config and run-time options and jits them.
+
+Streaming: `decode_chunk(params, z, cache)` returns `(frames, new_cache)`, the cache an explicit
+dict {causal conv name: its last 2 input frames}. `cache=None` starts a video: 3 latent frames give
+9 frames (Wan's first latent frame decodes to 1 frame), every later chunk of 3 gives 12, and the
+cache has the same shapes after every chunk, so one jitted step serves all later chunks. A whole
+video decodes through the same function with `cache=None`; chunked and whole decodes are equal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybrid_forcing_jax import vae_layers as L
+from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
+from hybrid_forcing_jax.vae_layers import VaeOptions
+
+# Per-channel statistics of Wan2.1's latents (wan/modules/vae.py, WanVAE.__init__).
+LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+               3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+
+@dataclasses.dataclass(frozen=True)
+class VaeConfig:
+  """Architecture of the Wan2.1 VAE (`_video_vae`); defaults are the released model."""
+  z_dim: int = 16
+  base_dim: int = 96
+  dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  temporal_downsample: tuple[bool, ...] = (False, True, True)
+  latents_mean: tuple[float, ...] = LATENTS_MEAN
+  latents_std: tuple[float, ...] = LATENTS_STD
+
+  def __post_init__(self):
+    for f in ("dim_mult", "temporal_downsample", "latents_mean", "latents_std"):
+      object.__setattr__(self, f, tuple(getattr(self, f)))
+    if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+      raise ValueError(f"VaeConfig: temporal_downsample needs {len(self.dim_mult) - 1} entries "
+                       f"(one per downsampling level), got {self.temporal_downsample}")
+    if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+      raise ValueError(f"VaeConfig: latents_mean/std need z_dim={self.z_dim} values each")
+
+  @property
+  def temporal_factor(self) -> int:
+    return 2 ** sum(self.temporal_downsample)
+
+  @property
+  def spatial_factor(self) -> int:
+    return 2 ** (len(self.dim_mult) - 1)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "VaeConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"VaeConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+WAN21_VAE = VaeConfig()
+
+
+def tiny_vae_config(**overrides) -> VaeConfig:
+  """Wan's structure (levels, temporal pattern, shortcut positions, z_dim 16) at base dim 8."""
+  return VaeConfig(**{"base_dim": 8, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure: the layers of Wan's `downsamples` / `upsamples` Sequentials, by index.
+
+def encoder_layout(c: VaeConfig) -> list[tuple]:
+  """[(index, 'res', in, out) | (index, 'down2d'|'down3d', dim)] of `encoder.downsamples`."""
+  dims = [c.base_dim * m for m in (1,) + c.dim_mult]
+  out, i = [], 0
+  for level, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for _ in range(c.num_res_blocks):
+      out.append((i, "res", d_in, d_out))
+      d_in, i = d_out, i + 1
+    if level != len(c.dim_mult) - 1:
+      out.append((i, "down3d" if c.temporal_downsample[level] else "down2d", d_out))
+      i += 1
+  return out
+
+
+def decoder_layout(c: VaeConfig) -> list[tuple]:
+  """[(index, 'res', in, out) | (index, 'up2d'|'up3d', dim)] of `decoder.upsamples`.
+
+  An upsampling Resample's 2D conv halves the channels, so every level after the first starts
+  from half its predecessor's width.
+  """
+  dims = [c.base_dim * m for m in (c.dim_mult[-1],) + c.dim_mult[::-1]]
+  temporal_upsample = c.temporal_downsample[::-1]
+  out, i = [], 0
+  for level, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    if level > 0:
+      d_in //= 2
+    for _ in range(c.num_res_blocks + 1):
+      out.append((i, "res", d_in, d_out))
+      d_in, i = d_out, i + 1
+    if level != len(c.dim_mult) - 1:
+      out.append((i, "up3d" if temporal_upsample[level] else "up2d", d_out))
+      i += 1
+  return out
+
+
+def _mid_dim(c: VaeConfig) -> int:
+  return c.base_dim * c.dim_mult[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters (canonical = Wan's names and PyTorch layouts).
+
+def _param_spec(c: VaeConfig) -> dict[str, tuple[int, ...]]:
+  spec: dict[str, tuple[int, ...]] = {}
+
+  def conv(name, o, i, *k):
+    spec[f"{name}.weight"], spec[f"{name}.bias"] = (o, i, *k), (o,)
+
+  def res(name, i, o):
+    spec[f"{name}.residual.0.gamma"] = (i, 1, 1, 1)
+    conv(f"{name}.residual.2", o, i, 3, 3, 3)
+    spec[f"{name}.residual.3.gamma"] = (o, 1, 1, 1)
+    conv(f"{name}.residual.6", o, o, 3, 3, 3)
+    if i != o:
+      conv(f"{name}.shortcut", o, i, 1, 1, 1)
+
+  def middle(name, d):
+    res(f"{name}.0", d, d)
+    spec[f"{name}.1.norm.gamma"] = (d, 1, 1)
+    conv(f"{name}.1.to_qkv", 3 * d, d, 1, 1)
+    conv(f"{name}.1.proj", d, d, 1, 1)
+    res(f"{name}.2", d, d)
+
+  mid = _mid_dim(c)
+  conv("encoder.conv1", c.base_dim, 3, 3, 3, 3)
+  for i, kind, *dims in encoder_layout(c):
+    name = f"encoder.downsamples.{i}"
+    if kind == "res":
+      res(name, *dims)
+    else:
+      conv(f"{name}.resample.1", dims[0], dims[0], 3, 3)
+      if kind == "down3d":
+        conv(f"{name}.time_conv", dims[0], dims[0], 3, 1, 1)
+  middle("encoder.middle", mid)
+  spec["encoder.head.0.gamma"] = (mid, 1, 1, 1)
+  conv("encoder.head.2", 2 * c.z_dim, mid, 3, 3, 3)
+  conv("conv1", 2 * c.z_dim, 2 * c.z_dim, 1, 1, 1)
+  conv("conv2", c.z_dim, c.z_dim, 1, 1, 1)
+  conv("decoder.conv1", mid, c.z_dim, 3, 3, 3)
+  middle("decoder.middle", mid)
+  for i, kind, *dims in decoder_layout(c):
+    name = f"decoder.upsamples.{i}"
+    if kind == "res":
+      res(name, *dims)
+    else:
+      conv(f"{name}.resample.1", dims[0] // 2, dims[0], 3, 3)
+      if kind == "up3d":
+        conv(f"{name}.time_conv", 2 * dims[0], dims[0], 3, 1, 1)
+  spec["decoder.head.0.gamma"] = (c.base_dim, 1, 1, 1)
+  conv("decoder.head.2", 3, c.base_dim, 3, 3, 3)
+  return spec
+
+
+def _storage_dtype(name: str, param_dtype):
+  # Conv weights in the storage dtype; the small norm scales and biases stay float32.
+  return jnp.dtype(param_dtype) if name.endswith(".weight") else jnp.dtype(jnp.float32)
+
+
+def param_shapes(config: VaeConfig, param_dtype=jnp.bfloat16) -> dict:
+  from hybrid_forcing_jax.checkpoint import unflatten
+  return unflatten({n: jax.ShapeDtypeStruct(s, _storage_dtype(n, param_dtype))
+                    for n, s in _param_spec(config).items()})
+
+
+def init_params(config: VaeConfig, seed: int = 0, param_dtype=jnp.bfloat16) -> dict:
+  """Random parameters on the host (fan-in scaled), for tests and benchmarks without a checkpoint."""
+  from hybrid_forcing_jax.checkpoint import unflatten
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for name, shape in _param_spec(config).items():
+    if name.endswith(".gamma"):
+      v = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif name.endswith(".bias"):
+      v = 0.02 * rng.standard_normal(shape)
+    else:
+      v = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+    flat[name] = jnp.asarray(v, _storage_dtype(name, param_dtype))
+  return unflatten(flat)
+
+
+register_model_kind(ModelKind("wan_vae", VaeConfig.from_dict, param_shapes))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: one chunk, with the cache passed in and returned.
+
+def _middle(p, x, cache, name, new, opt):
+  x = L.residual_block(p["0"], x, cache, f"{name}.0", new, opt)
+  x = L.attention_block(p["1"], x, opt)
+  return L.residual_block(p["2"], x, cache, f"{name}.2", new, opt)
+
+
+def _head(p, x, cache, name, new, opt):
+  x = jax.nn.silu(L.rms_norm(p["0"]["gamma"], x, opt))
+  x, new[f"{name}.2"] = L.causal_conv3d(p["2"], x, L._get(cache, f"{name}.2"), opt)
+  return x
+
+
+def decode_chunk(params, z, cache, config: VaeConfig, opt: VaeOptions):
+  """Normalised latents [B, T, h, w, z_dim] -> (frames [B, T', 8h, 8w, 3] in [-1, 1], new cache).
+
+  cache=None starts a video (T' = 1 + 4(T-1)); otherwise T' = 4T.
+  """
+  new: dict[str, jax.Array] = {}
+  mean = jnp.asarray(config.latents_mean, jnp.float32)
+  std = jnp.asarray(config.latents_std, jnp.float32)
+  x = L.pointwise(params["conv2"], z.astype(jnp.float32) * std + mean, opt)
+  d = params["decoder"]
+  x, new["decoder.conv1"] = L.causal_conv3d(d["conv1"], x, L._get(cache, "decoder.conv1"), opt)
+  x = _middle(d["middle"], x, cache, "decoder.middle", new, opt)
+  for i, kind, *_ in decoder_layout(config):
+    p, name = d["upsamples"][str(i)], f"decoder.upsamples.{i}"
+    if kind == "res":
+      x = L.residual_block(p, x, cache, name, new, opt)
+    elif kind == "up3d":
+      x = L.upsample3d(p, x, cache, name, new, opt)
+    else:
+      x = L.upsample2d(p["resample"]["1"], x, opt)
+  x = _head(d["head"], x, cache, "decoder.head", new, opt)
+  return jnp.clip(x, -1.0, 1.0), new
+
+
+def encode_chunk(params, video, cache, config: VaeConfig, opt: VaeOptions):
+  """Video [B, T, H, W, 3] in [-1, 1] -> (normalised latent means [B, T', H/8, W/8, z_dim] float32,
+  new cache). cache=None starts a video (T = 1 + 4k -> 1 + k); otherwise T = 4k -> k."""
+  new: dict[str, jax.Array] = {}
+  e = params["encoder"]
+  x, new["encoder.conv1"] = L.causal_conv3d(e["conv1"], video, L._get(cache, "encoder.conv1"), opt)
+  for i, kind, *_ in encoder_layout(config):
+    p, name = e["downsamples"][str(i)], f"encoder.downsamples.{i}"
+    if kind == "res":
+      x = L.residual_block(p, x, cache, name, new, opt)
+    elif kind == "down3d":
+      x = L.downsample3d(p, x, cache, name, new, opt)
+    else:
+      x = L.downsample2d(p["resample"]["1"], x, opt)
+  x = _middle(e["middle"], x, cache, "encoder.middle", new, opt)
+  x = _head(e["head"], x, cache, "encoder.head", new, opt)
+  # The quant conv (`conv1`) in float32: it is tiny, and the latents feed training targets.
+  mu = L.pointwise(params["conv1"], x.astype(jnp.float32), dataclasses.replace(opt, dtype=jnp.float32))
+  mu = mu[..., :config.z_dim]
+  mean = jnp.asarray(config.latents_mean, jnp.float32)
+  return (mu - mean) * (1.0 / jnp.asarray(config.latents_std, jnp.float32)), new
+
+
+# ---------------------------------------------------------------------------------------------
+# The user-facing object: checks inputs (clear errors outside the trace) and jits.
+
+class WanVAE:
+  """The Wan2.1 VAE bound to a config and run-time options (bf16 by default, float32 on request).
+
+    vae = WanVAE(config)                       # config, params = load_checkpoint(folder, "wan_vae")
+    latents = vae.encode(params, video)        # [B, 1+4k, H, W, 3] -> [B, 1+k, H/8, W/8, 16]
+    frames = vae.decode(params, latents)       # whole video
+    frames, cache = vae.decode_chunk(params, latents[:, :3])          # 9 frames
+    frames, cache = vae.decode_chunk(params, latents[:, 3:6], cache)  # 12 frames, and so on
+  """
+
+  def __init__(self, config: VaeConfig = WAN21_VAE, *, dtype=jnp.bfloat16, conv_impl: str = "3d",
+               upsample_impl: str = "subpixel"):
+    self.config = config
+    self.options = VaeOptions(dtype=dtype, conv_impl=conv_impl, upsample_impl=upsample_impl)
+    # Donating the cache lets XLA write the new cache over the old one; the CPU backend ignores
+    # donation (with a warning), so only donate where it works.
+    donate = (2,) if jax.default_backend() != "cpu" else ()
+    self._decode_first = jax.jit(functools.partial(decode_chunk, cache=None, config=config, opt=self.options))
+    self._decode_next = jax.jit(functools.partial(_positional(decode_chunk), config=config, opt=self.options),
+                                donate_argnums=donate)
+    self._encode_first = jax.jit(functools.partial(encode_chunk, cache=None, config=config, opt=self.options))
+    self._encode_next = jax.jit(functools.partial(_positional(encode_chunk), config=config, opt=self.options),
+                                donate_argnums=donate)
+
+  # -- decoding
+  def decode_chunk(self, params, z, cache=None):
+    """(frames, new cache); cache=None starts a video. The cache passed in is consumed (donated)."""
+    self._check_latents(z)
+    if cache is None:
+      return self._decode_first(params, z)
+    return self._decode_next(params, z, cache)
+
+  def decode(self, params, z):
+    """A whole latent video [B, T, h, w, z_dim] -> [B, 1 + 4(T-1), 8h, 8w, 3] in [-1, 1]."""
+    return self.decode_chunk(params, z)[0]
+
+  def decode_streaming(self, params, z, chunk: int = 3):
+    """Decode chunk by chunk (as a streaming generator would); equals `decode`."""
+    self._check_latents(z)
+    outs, cache = [], None
+    for start in range(0, z.shape[1], chunk):
+      out, cache = self.decode_chunk(params, z[:, start:start + chunk], cache)
+      outs.append(out)
+    return jnp.concatenate(outs, axis=1)
+
+  # -- encoding
+  def encode_chunk(self, params, video, cache=None):
+    """(normalised latents, new cache): a first chunk has 1 + 4k frames, later ones 4k."""
+    self._check_video(video, first=cache is None)
+    if cache is None:
+      return self._encode_first(params, video)
+    return self._encode_next(params, video, cache)
+
+  def encode(self, params, video, chunk_frames: int | None = None):
+    """[B, 1 + 4k, H, W, 3] in [-1, 1] -> normalised latents [B, 1 + k, H/8, W/8, z_dim] (float32).
+
+    chunk_frames (a multiple of 4): encode the first frame, then that many frames at a time, to
+    bound activation memory for long videos; the result is the same.
+    """
+    self._check_video(video, first=True)
+    if chunk_frames is None:
+      return self.encode_chunk(params, video)[0]
+    tf = self.config.temporal_factor
+    if chunk_frames <= 0 or chunk_frames % tf:
+      raise ValueError(f"chunk_frames must be a positive multiple of {tf}, got {chunk_frames}")
+    outs, cache = [], None
+    starts = [0, 1] + list(range(1 + chunk_frames, video.shape[1], chunk_frames))
+    for a, b in zip(starts, starts[1:] + [video.shape[1]]):
+      if a < b:
+        out, cache = self.encode_chunk(params, video[:, a:b], cache)
+        outs.append(out)
+    return jnp.concatenate(outs, axis=1)
+
+  # -- input checks
+  def _check_latents(self, z):
+    c = self.config
+    if getattr(z, "ndim", None) != 5:
+      raise ValueError(f"latents must be channels-last [B, T, h, w, {c.z_dim}], got shape {getattr(z, 'shape', z)}")
+    if z.shape[-1] != c.z_dim:
+      raise ValueError(f"latents have {z.shape[-1]} channels, the VAE expects {c.z_dim} "
+                       f"(channels-last [B, T, h, w, C]; got shape {tuple(z.shape)})")
+    if z.shape[1] < 1:
+      raise ValueError("latents have no frames")
+
+  def _check_video(self, video, first: bool):
+    c = self.config
+    if getattr(video, "ndim", None) != 5 or video.shape[-1] != 3:
+      raise ValueError(f"video must be channels-last RGB [B, T, H, W, 3], got shape {getattr(video, 'shape', video)}")
+    t, h, w = video.shape[1:4]
+    tf, sf = c.temporal_factor, c.spatial_factor
+    if first and (t - 1) % tf:
+      raise ValueError(f"video has {t} frames; the VAE encodes 1 + {tf}k frames (1, {1 + tf}, {1 + 2 * tf}, ...)")
+    if not first and (t == 0 or t % tf):
+      raise ValueError(f"a later chunk must have a positive multiple of {tf} frames, got {t}")
+    if h % sf or w % sf:
+      raise ValueError(f"video height and width must be multiples of {sf}, got {h}x{w}")
+
+
+def _positional(fn):
+  """fn(params, x, cache, config=, opt=) with the cache positional, so it can be donated."""
+  def wrapped(params, x, cache, *, config, opt):
+    return fn(params, x, cache, config, opt)
+  return wrapped

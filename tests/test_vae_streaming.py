@@ -1,0 +1,102 @@
+"""Streaming decode/encode with an explicit cache equals whole-video decode/encode; bad input errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from convert.wan_vae import convert_vae
+from hybrid_forcing_jax.checkpoint import load_checkpoint
+from hybrid_forcing_jax.vae import WanVAE, init_params
+from tests import vae_fixtures as fx
+
+
+@pytest.fixture(scope="module")
+def setup():
+  return WanVAE(fx.CONFIG, dtype=jnp.float32), init_params(fx.CONFIG, seed=4, param_dtype=jnp.float32)
+
+
+def test_streaming_decode_equals_whole(setup):
+  vae, params = setup
+  z = jnp.asarray(fx.latents(seed=5, batch=2, frames=9))
+  whole = np.asarray(vae.decode(params, z))
+  assert whole.shape == (2, 1 + 4 * 8, 32, 48, 3)
+  out0, cache0 = vae.decode_chunk(params, z[:, 0:3])
+  shapes0 = jax.tree.map(lambda a: a.shape, cache0)
+  out1, cache1 = vae.decode_chunk(params, z[:, 3:6], cache0)
+  assert jax.tree.map(lambda a: a.shape, cache1) == shapes0  # one jitted step serves every later chunk
+  out2, _ = vae.decode_chunk(params, z[:, 6:9], cache1)
+  assert out0.shape[1] == 9 and out1.shape[1] == 12 and out2.shape[1] == 12
+  streamed = np.concatenate([out0, out1, out2], axis=1)
+  np.testing.assert_allclose(streamed, whole, atol=1e-5, rtol=0)
+  assert np.abs(whole).max() <= 1.0
+
+
+def test_streaming_encode_equals_whole(setup):
+  vae, params = setup
+  v = jnp.asarray(fx.video(seed=6, frames=13))
+  whole = np.asarray(vae.encode(params, v))
+  assert whole.shape == (1, 4, 2, 3, 16)
+  np.testing.assert_allclose(np.asarray(vae.encode(params, v, chunk_frames=4)), whole, atol=1e-5, rtol=0)
+
+
+def test_bad_latents(setup):
+  vae, params = setup
+  with pytest.raises(ValueError, match="latents have 4 channels, the VAE expects 16"):
+    vae.decode(params, jnp.zeros((1, 3, 4, 6, 4)))
+  with pytest.raises(ValueError, match="channels-last"):
+    vae.decode(params, jnp.zeros((3, 4, 6, 16)))
+
+
+def test_bad_video_length(setup):
+  vae, params = setup
+  with pytest.raises(ValueError, match=r"video has 8 frames; the VAE encodes 1 \+ 4k frames"):
+    vae.encode(params, jnp.zeros((1, 8, 16, 24, 3)))
+  with pytest.raises(ValueError, match="multiple of 4 frames, got 3"):
+    vae.encode_chunk(params, jnp.zeros((1, 3, 16, 24, 3)), cache={})
+  with pytest.raises(ValueError, match="multiples of 8"):
+    vae.encode(params, jnp.zeros((1, 5, 12, 24, 3)))
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+  from tests import dit_fixtures
+  dit = dit_fixtures.tiny_diffusers_model(seed=0)
+  dit.save_pretrained(tmp_path / "dit", safe_serialization=True)
+  with pytest.raises(ValueError, match="not a Wan VAE checkpoint"):
+    convert_vae(str(tmp_path / "dit" / "diffusion_pytorch_model.safetensors"), str(tmp_path / "out"), progress=False)
+  # A converted DiT folder loaded as a VAE, and a VAE folder loaded as a DiT.
+  from convert.wan_dit import convert_dit
+  convert_dit(str(tmp_path / "dit" / "diffusion_pytorch_model.safetensors"), str(tmp_path / "dit_out"), progress=False)
+  with pytest.raises(ValueError, match="holds a 'wan_dit' checkpoint, not 'wan_vae'"):
+    load_checkpoint(str(tmp_path / "dit_out"), "wan_vae")
+
+
+def test_incomplete_or_misshapen_vae_checkpoint(tmp_path):
+  state = {k: v.contiguous() for k, v in fx.original_state_dict(fx.tiny_diffusers_vae(seed=1)).items()}
+  missing = dict(state)
+  del missing["decoder.upsamples.7.time_conv.weight"]
+  save_file(missing, str(tmp_path / "missing.safetensors"))
+  with pytest.raises(ValueError, match=r"missing from the checkpoint: \['decoder.upsamples.7.time_conv.weight'\]"):
+    convert_vae(str(tmp_path / "missing.safetensors"), str(tmp_path / "a"), progress=False)
+  extra = dict(state, **{"decoder.upsamples.4.residual.9.weight": torch.zeros(1)})
+  save_file(extra, str(tmp_path / "extra.safetensors"))
+  with pytest.raises(ValueError, match=r"not part of the 'wan' format.*decoder.upsamples.4.residual.9.weight"):
+    convert_vae(str(tmp_path / "extra.safetensors"), str(tmp_path / "b"), progress=False)
+  bad = dict(state, **{"decoder.head.2.weight": torch.zeros(3, 8, 3, 3, 1)})
+  save_file(bad, str(tmp_path / "bad.safetensors"))
+  with pytest.raises(ValueError, match=r"'decoder.head.2.weight' has shape \(3, 8, 3, 3, 1\), expected \(3, 8, 3, 3, 3\)"):
+    convert_vae(str(tmp_path / "bad.safetensors"), str(tmp_path / "c"), progress=False)
+
+
+def test_convert_cli(tmp_path):
+  """`python -m convert --model=vae` converts a Wan .pth."""
+  import os
+  import subprocess
+  import sys
+  torch.save(fx.original_state_dict(fx.tiny_diffusers_vae(seed=1)), tmp_path / "Wan2.1_VAE.pth")
+  cmd = [sys.executable, "-m", "convert", "--model=vae", f"--src={tmp_path}/Wan2.1_VAE.pth", f"--out={tmp_path}/out"]
+  done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr
+  config, params = load_checkpoint(str(tmp_path / "out"), "wan_vae")
+  assert config == fx.CONFIG
