@@ -32,7 +32,8 @@ class VaeOptions:
   conv_impl: how a 3x3x3 causal conv reaches cuDNN. '3d': one 3D convolution. 'fold_in': the 3
     temporal taps stacked into input channels, one 2D conv with 3C inputs. 'fold_out': one 2D conv
     with 3*O outputs (one per tap), summed with a 1- and 2-frame shift. They compute the same
-    function; which is fastest depends on the stage's shape (see benchmarks/bench_vae.py).
+    function; which is fastest depends on the stage's shape (see benchmarks/bench_vae.py). A
+    per-width choice is written '96:fold_out,192:3d' (input channels: impl; others use '3d').
   upsample_impl: nearest-2x upsample + 3x3 conv as 'repeat' (materialise the 4x larger input) or
     'subpixel' (one 3x3 conv on the small input with 4*O outputs, then depth-to-space: the same
     function, without writing and re-reading the upsampled tensor).
@@ -43,10 +44,22 @@ class VaeOptions:
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-    if self.conv_impl not in ("3d", "fold_in", "fold_out"):
-      raise ValueError(f"conv_impl must be '3d', 'fold_in' or 'fold_out', got {self.conv_impl!r}")
+    self.conv_impl_for(0)  # validates
     if self.upsample_impl not in ("repeat", "subpixel"):
       raise ValueError(f"upsample_impl must be 'repeat' or 'subpixel', got {self.upsample_impl!r}")
+
+  def conv_impl_for(self, channels: int) -> str:
+    impls = ("3d", "fold_in", "fold_out")
+    if self.conv_impl in impls:
+      return self.conv_impl
+    try:
+      table = {int(c): impl for c, impl in (item.split(":") for item in self.conv_impl.split(","))}
+    except ValueError:
+      table = None
+    if not table or any(impl not in impls for impl in table.values()):
+      raise ValueError(f"conv_impl must be one of {impls} or 'C:impl,...' (e.g. '96:fold_out,192:3d'), "
+                       f"got {self.conv_impl!r}")
+    return table.get(channels, "3d")
 
   @property
   def precision(self):
@@ -79,9 +92,10 @@ def _conv3_valid_time(xp, w, opt: VaeOptions):
   o, t = w.shape[0], tp - kt + 1
   pad = [(kh // 2, kh // 2), (kw // 2, kw // 2)]
   k = jnp.transpose(w, (2, 3, 4, 1, 0))  # [kt, kh, kw, I, O]
-  if opt.conv_impl == "3d" or kh == 1:
+  impl = opt.conv_impl_for(c)
+  if impl == "3d" or kh == 1:
     return _conv(xp, k, (1, 1, 1), [(0, 0)] + pad, opt)
-  if opt.conv_impl == "fold_in":
+  if impl == "fold_in":
     xs = jnp.concatenate([xp[:, i:i + t] for i in range(kt)], axis=-1).reshape(b * t, h, wd, kt * c)
     k2 = jnp.transpose(k, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c, o)  # input channel = tap * C + c
     return _conv(xs, k2, (1, 1), pad, opt).reshape(b, t, h, wd, o)
