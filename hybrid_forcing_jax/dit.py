@@ -8,7 +8,10 @@ parameter tree carries Wan's original names (`blocks.self_attn.q.weight`, stacke
 Attention layouts (`AttentionLayout`):
   * bidirectional: every token sees every token (teacher, critic);
   * block_causal: chunk c of `num_frame_per_block` latent frames sees chunks 0..c (training);
-  * the streaming engine plugs its own key/value source in at `SelfAttention.attend`.
+  * stream: the current chunk sees the streaming cache (sink + window + linear memory) and returns its
+    un-rotated K/V per layer for the cache write (hybrid_forcing_jax/streaming);
+  * recache: cached frames re-encoded block-causally under a new prompt (streaming prompt switch).
+The streaming engine plugs its own key/value source in at `SelfAttention.attend`.
 """
 from __future__ import annotations
 
@@ -30,18 +33,30 @@ from hybrid_forcing_jax.rope import apply_rope, rope_tables
 @dataclasses.dataclass(frozen=True)
 class AttentionLayout:
   """Which keys each query sees in self-attention; static (hashable) so it is part of the trace."""
-  kind: str = "bidirectional"  # or "block_causal"
+  kind: str = "bidirectional"  # or "block_causal", "stream", "recache"
   frames_per_chunk: int = 0  # latent frames per chunk (`num_frame_per_block`), for block_causal
+  stream: Any = None  # streaming.config.StreamConfig, for stream / recache
 
   def __post_init__(self):
-    if self.kind not in ("bidirectional", "block_causal"):
-      raise ValueError(f"AttentionLayout.kind must be 'bidirectional' or 'block_causal', got {self.kind!r}")
+    if self.kind not in ("bidirectional", "block_causal", "stream", "recache"):
+      raise ValueError("AttentionLayout.kind must be 'bidirectional', 'block_causal', 'stream' or 'recache', "
+                       f"got {self.kind!r}")
+    if self.kind in ("stream", "recache") and self.stream is None:
+      raise ValueError(f"AttentionLayout: {self.kind} needs a StreamConfig")
     if self.kind == "block_causal" and self.frames_per_chunk < 1:
       raise ValueError(f"AttentionLayout: block_causal needs frames_per_chunk >= 1, got {self.frames_per_chunk}")
 
   @classmethod
   def block_causal(cls, frames_per_chunk: int) -> "AttentionLayout":
     return cls("block_causal", frames_per_chunk)
+
+  @classmethod
+  def streaming(cls, stream_config, recache: bool = False) -> "AttentionLayout":
+    return cls("recache" if recache else "stream", stream_config.chunk_frames, stream_config)
+
+  @property
+  def is_stream(self) -> bool:
+    return self.kind in ("stream", "recache")
 
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
@@ -94,10 +109,23 @@ class SelfAttention(nn.Module):
       return block_causal_attention(q, k, v, layout.frames_per_chunk * frame_tokens, self.backend)
     return attention(q, k, v, backend=self.backend)
 
-  def __call__(self, x, cos, sin, layout: AttentionLayout, frame_tokens: int):
+  def attend_stream(self, q, k, v, cos, sin, layout: AttentionLayout, frame_tokens: int, stream):
+    """Streaming seam: q, k, v un-rotated; the streaming code rotates and adds its cached keys."""
+    from hybrid_forcing_jax.streaming import hybrid_attention  # streaming imports nothing from here
+    if layout.kind == "recache":
+      return hybrid_attention.recache_attention(q, k, v, cos, sin, stream["shared"], frame_tokens, self.backend)
+    proj = self.linear_proj if self.config.linear_proj else None
+    return hybrid_attention.stream_attention(layout.stream, q, k, v, cos, sin, stream["layer"], stream["shared"],
+                                             frame_tokens, proj, self.backend)
+
+  def __call__(self, x, cos, sin, layout: AttentionLayout, frame_tokens: int, stream=None):
+    """Returns the output and, in streaming layouts, this chunk's un-rotated (k, v) for the cache."""
     q, k, v = self.project(x)
-    out = self.attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, layout, frame_tokens)
-    return self.o(out.reshape(x.shape[0], x.shape[1], self.config.dim))
+    if layout.is_stream:
+      out, new_kv = self.attend_stream(q, k, v, cos, sin, layout, frame_tokens, stream), (k, v)
+    else:
+      out, new_kv = self.attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, layout, frame_tokens), None
+    return self.o(out.reshape(x.shape[0], x.shape[1], self.config.dim)), new_kv
 
 
 class CrossAttention(nn.Module):
@@ -170,13 +198,17 @@ class WanBlock(nn.Module):
       return (layer_norm(y, c.eps) * (1 + scale) + shift).astype(self.dtype)
 
     tokens = lambda y: y.reshape(b, f * s, y.shape[-1])
-    y = self.self_attn(tokens(modulate(x, e[0], e[1])), shared["cos"], shared["sin"], shared["layout"], s)
+    stream = None
+    if shared["layout"].is_stream:
+      stream = dict(layer=per_layer.get("stream"), shared=shared["stream"])
+    y, new_kv = self.self_attn(tokens(modulate(x, e[0], e[1])), shared["cos"], shared["sin"], shared["layout"], s,
+                               stream)
     x = x + y.reshape(b, f, s, c.dim).astype(jnp.float32) * e[2]
     y = self.cross_attn(tokens(self.norm3(x)), per_layer["text_kv"])
     x = x + y.reshape(b, f, s, c.dim).astype(jnp.float32)
     y = self.ffn(modulate(x, e[3], e[4]))
     x = x + y.astype(jnp.float32) * e[5]
-    return x, None
+    return x, new_kv
 
 
 class WanDiT(nn.Module):
@@ -208,10 +240,15 @@ class WanDiT(nn.Module):
     return self.blocks.text_kv(emb, None, None)[1]
 
   def __call__(self, x, t, context=None, *, text_kv=None, frame_offset=0,
-               layout: AttentionLayout = AttentionLayout()):
+               layout: AttentionLayout = AttentionLayout(), frame_positions=None, stream=None):
     """x [B, F, H, W, in_dim]; t [B, F] (or [B]); context [B, Lt, text_dim] or precomputed text_kv.
 
     frame_offset: temporal RoPE index of the first frame (an int or a traced scalar).
+    frame_positions: int [F] temporal RoPE index of every frame (overrides frame_offset).
+    stream (stream / recache layouts): {"layers": per-layer state pytree [num_layers, ...] (stream
+    only), "shared": arrays every layer reads, "key_positions": [S+R] RoPE index of the cached frames
+    (stream only)}; see streaming/sampler.py. Streaming layouts return (velocity, (k, v)) with the
+    chunk's un-rotated keys and values per layer, each [num_layers, B, F*tokens, H, D].
     """
     c = self.config
     self._check_latents(x)
@@ -230,10 +267,21 @@ class WanDiT(nn.Module):
     tokens = self.patch_embedding(x)  # [B, gf, gh*gw, dim]
     e = self.time_embedding(sinusoidal_embedding(t[:, ::pt], c.freq_dim))  # [B, gf, dim], float32
     e0 = self.time_projection(e)  # [B, gf, 6, dim]
-    cos, sin = rope_tables(c, frame_offset + jnp.arange(gf), gh, gw)
+    if frame_positions is None:
+      frame_positions = frame_offset + jnp.arange(gf)
+    cos, sin = rope_tables(c, frame_positions, gh, gw)
     shared = dict(e0=e0, cos=cos, sin=sin, layout=layout)
-    hidden, _ = self.blocks(tokens.astype(jnp.float32), dict(text_kv=text_kv), shared)
-    return self.head(hidden, e, (gf, gh, gw))
+    per_layer = dict(text_kv=text_kv)
+    if layout.is_stream:
+      if stream is None:
+        raise ValueError(f"WanDiT: layout {layout.kind!r} needs `stream` inputs")
+      shared["stream"] = dict(stream["shared"])
+      if layout.kind == "stream":
+        per_layer["stream"] = stream["layers"]
+        shared["stream"]["key_cos"], shared["stream"]["key_sin"] = rope_tables(c, stream["key_positions"], gh, gw)
+    hidden, new_kv = self.blocks(tokens.astype(jnp.float32), per_layer, shared)
+    out = self.head(hidden, e, (gf, gh, gw))
+    return (out, new_kv) if layout.is_stream else out
 
   def _check_latents(self, x):
     c = self.config

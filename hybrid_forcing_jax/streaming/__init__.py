@@ -1,0 +1,1 @@
+"""Streaming (chunk-autoregressive) inference: explicit state, hybrid attention, few-step sampler."""
