@@ -1,17 +1,20 @@
-"""Hybrid Forcing's streaming setting (the paper's): sink 3 + window 9 frames, linear memory of every
-evicted frame, top-20% block-sparse softmax, relative temporal RoPE capped at 21.
+"""Hybrid Forcing's streaming setting (paper / configs/hybrid_forcing.yaml of the released code):
+sink 3 + window 9 latent frames, linear memory of evicted frames, relative RoPE capped at 21,
+top-20% block-sparse softmax, Self-Forcing's warped 4-step schedule.
 
-  python -m hybrid_forcing_jax.sample --config=configs/hybrid.py ...
-Override any field on the command line, e.g. --config.stream.sparse_ratio=0.3.
+  from configs.hybrid import get_config
+  cfg = get_config(); stream = hybrid_forcing_jax.streaming.config.from_config(cfg.stream)
 """
-import dataclasses
-
 import ml_collections
 
-from hybrid_forcing_jax.streaming.config import HYBRID
 
-
-def get_config():
-  config = ml_collections.ConfigDict()
-  config.stream = ml_collections.ConfigDict(dataclasses.asdict(HYBRID))
-  return config
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = "wan_1_3b"
+  c.linear_proj = True            # per-layer self_attn.linear_proj (zero-initialised)
+  c.height, c.width = 480, 832    # pixels; latent 60 x 104
+  c.stream = ml_collections.ConfigDict(dict(
+      chunk_frames=3, sink_frames=3, window_frames=9, rope="relative", rope_cap=21,
+      linear=True, linear_eps=1e-6, sparse_ratio=0.2, keep_sink=False, keep_own_chunk=False, sparse_backend="auto",
+      denoising_steps=(1000, 750, 500, 250), warp_denoising_steps=True, shift=5.0, num_train_timesteps=1000))
+  return c

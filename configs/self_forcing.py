@@ -1,16 +1,12 @@
-"""Self-Forcing's dense streaming setting: no sink, a 21-frame window, absolute RoPE, no linear memory,
-no sparsity (reproduces Self-Forcing's sampler).
-
-  python -m hybrid_forcing_jax.sample --config=configs/self_forcing.py ...
-"""
-import dataclasses
-
+"""Self-Forcing's dense streaming setting: no sink, a rolling 21-frame window (18 earlier frames +
+the chunk), absolute RoPE, no linear memory, dense softmax, the same warped 4-step schedule."""
 import ml_collections
 
-from hybrid_forcing_jax.streaming.config import SELF_FORCING
+from configs import hybrid
 
 
-def get_config():
-  config = ml_collections.ConfigDict()
-  config.stream = ml_collections.ConfigDict(dataclasses.asdict(SELF_FORCING))
-  return config
+def get_config() -> ml_collections.ConfigDict:
+  c = hybrid.get_config()
+  c.linear_proj = False
+  c.stream.update(dict(sink_frames=0, window_frames=21, rope="absolute", linear=False, sparse_ratio=None))
+  return c

@@ -26,6 +26,7 @@ class StreamConfig:
   sparse_ratio: float | None = 0.2   # top-k ratio of 64-token key blocks (Eq. 5, 6); None = dense
   keep_sink: bool = False      # force-keep the sink's key blocks in sparse mode (paper: off)
   keep_own_chunk: bool = False  # force-keep the query chunk's own key blocks (paper: off)
+  sparse_backend: str = "auto"  # attention backend of the block-sparse softmax ("xla" = dense-mask reference)
   denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
   warp_denoising_steps: bool = True
   shift: float = 5.0
@@ -88,3 +89,13 @@ def cached_count(cfg: StreamConfig, frame: int) -> int:
 
 HYBRID = StreamConfig()
 SELF_FORCING = StreamConfig(sink_frames=0, window_frames=21, rope="absolute", linear=False, sparse_ratio=None)
+
+
+def from_config(d) -> StreamConfig:
+  """A StreamConfig from a mapping (e.g. the `stream` ConfigDict of configs/hybrid.py)."""
+  d = dict(d)
+  known = {f.name for f in dataclasses.fields(StreamConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"StreamConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+  return StreamConfig(**d)

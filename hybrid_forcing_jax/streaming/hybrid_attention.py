@@ -30,7 +30,7 @@ def linear_readout(q, lin_s, lin_z, linear_proj, eps: float):
   return jnp.einsum("blhd,ed->blhe", y, w, precision=_HI) + linear_proj["bias"].astype(jnp.float32)
 
 
-def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_valid, tokens: int, backend: str):
+def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_valid, tokens: int):
   """Block-sparse attention has no key mask, so each possible number of cached frames (warm-up, then
   steady state; a static set) gets its own branch over exactly [valid cached frames | chunk], in the
   paper's key order, and the traced count picks the branch: one compiled step, exact selection."""
@@ -41,7 +41,7 @@ def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_vali
       keys = jnp.concatenate([cache_k[:, :n * tokens], cur_k], axis=1)
       vals = jnp.concatenate([cache_v[:, :n * tokens], cur_v], axis=1)
       sink = min(n, cfg.sink_frames) * tokens if cfg.keep_sink else 0
-      return attention(q, keys, vals, backend=backend, sparse_ratio=cfg.sparse_ratio,
+      return attention(q, keys, vals, backend=cfg.sparse_backend, sparse_ratio=cfg.sparse_ratio,
                        keep_sink_tokens=sink, keep_own_chunk=cfg.keep_own_chunk)
     return run
 
@@ -71,7 +71,7 @@ def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, layer, shared, tokens
     lengths = jnp.full((b,), lq + shared["n_valid"] * tokens, jnp.int32)
     out = attention(qr, keys, vals, kv_lengths=lengths, backend=backend)
   else:
-    out = _sparse_softmax(cfg, qr, kr, v, cache_k, cache_v, shared["n_valid"], tokens, backend)
+    out = _sparse_softmax(cfg, qr, kr, v, cache_k, cache_v, shared["n_valid"], tokens)
   if cfg.linear and linear_proj is not None:
     lin = linear_readout(q, layer["lin_s"], layer["lin_z"], linear_proj, cfg.linear_eps)
     # Nothing absorbed yet: no linear term at all (linear_proj's bias would otherwise leak in).
