@@ -1,0 +1,116 @@
+"""Prompt in, video frames out, chunk by chunk: text encoder -> streaming DiT -> streaming VAE decode.
+
+`StreamingPipeline.frames` is a generator: it encodes each prompt once (prompt cache), runs one jitted
+chunk step of the streaming engine, decodes the chunk with the VAE's streaming cache and yields its
+frames (9 for the first chunk, 12 after), so nothing grows with the video's length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybrid_forcing_jax.checkpoint import load_checkpoint
+from hybrid_forcing_jax.config import WanConfig, tiny_config
+from hybrid_forcing_jax.dit import WanDiT
+from hybrid_forcing_jax.dit import init_params as init_dit_params
+from hybrid_forcing_jax.streaming import sampler
+from hybrid_forcing_jax.streaming.config import StreamConfig
+from hybrid_forcing_jax.text_encoder import PromptEmbeddingCache, TextEncoder, tiny_umt5_config
+from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
+from hybrid_forcing_jax.vae import WanVAE, tiny_vae_config
+from hybrid_forcing_jax.vae import init_params as init_vae_params
+
+
+@dataclasses.dataclass
+class StreamingPipeline:
+  dit: WanDiT
+  dit_params: dict
+  stream: StreamConfig
+  vae: WanVAE
+  vae_params: dict
+  embed: Callable[[Sequence[str]], jnp.ndarray]  # prompts -> [B, text_len, text_dim]
+  random_weights: bool = False
+
+  def video_frames_of_chunk(self, index: int) -> int:
+    tf, f = self.vae.config.temporal_factor, self.stream.chunk_frames
+    return 1 + tf * (f - 1) if index == 0 else tf * f
+
+  def chunks_for(self, num_frames: int) -> int:
+    """Chunks needed for at least `num_frames` video frames."""
+    first, later = self.video_frames_of_chunk(0), self.video_frames_of_chunk(1)
+    return 1 if num_frames <= first else 1 + -(-(num_frames - first) // later)
+
+  def chunk_start_frame(self, index: int) -> int:
+    return 0 if index == 0 else self.video_frames_of_chunk(0) + (index - 1) * self.video_frames_of_chunk(1)
+
+  def frames(self, schedule: Sequence[tuple[int, str]], *, height: int, width: int, seed: int,
+             recache: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (chunk index, uint8 frames [T, H, W, 3]) without end. `schedule`: (chunk index, prompt)
+    pairs sorted by chunk, the first at chunk 0; each later entry switches the prompt before its chunk."""
+    sf = self.vae.config.spatial_factor
+    latent_hw = (height // sf, width // sf)
+    prompts = PromptEmbeddingCache(self.embed)
+    switches = dict(schedule)
+    state = sampler.start(self.dit, self.dit_params, self.stream, prompts.get(switches[0])[None],
+                          jax.random.key(seed), latent_hw)
+    step = sampler.jitted_step(self.dit, self.stream)
+    vae_cache = None
+    for index in itertools.count():
+      if index > 0 and index in switches:
+        text_kv = self.dit.apply({"params": self.dit_params}, prompts.get(switches[index])[None],
+                                 method=WanDiT.text_kv)
+        state = sampler.switch_prompt(self.dit, self.dit_params, self.stream, state, text_kv, recache=recache)
+      state, latents = step(self.dit_params, state)
+      video, vae_cache = self.vae.decode_chunk(self.vae_params, latents.astype(self.vae.options.dtype), vae_cache)
+      frames = np.asarray(jnp.clip(jnp.rint((video[0].astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
+      yield index, frames
+
+
+def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,
+                     attention_backend: str = "auto") -> StreamingPipeline:
+  """Converted checkpoint folders (python -m convert) and a local umT5 tokenizer folder."""
+  dit_config, dit_params = load_checkpoint(dit, "wan_dit")
+  vae_config, vae_params = load_checkpoint(vae, "wan_vae")
+  encoder = TextEncoder.from_checkpoint(text_encoder, tokenizer)
+  if encoder.config.dim != dit_config.text_dim:
+    raise ValueError(f"text encoder {text_encoder!r} has dim {encoder.config.dim}, the DiT expects "
+                     f"text_dim {dit_config.text_dim}")
+  if vae_config.z_dim != dit_config.in_dim:
+    raise ValueError(f"VAE {vae!r} has z_dim {vae_config.z_dim}, the DiT expects {dit_config.in_dim} channels")
+  model = WanDiT(dit_config, attention_backend=attention_backend)
+  return StreamingPipeline(model, dit_params, stream, WanVAE(vae_config), vae_params, encoder.encode)
+
+
+def builtin_random(stream: StreamConfig, seed: int = 0) -> StreamingPipeline:
+  """A tiny model with random weights, for running out of the box on a CPU: the pipeline is real, the
+  pictures are noise-like until trained weights are given. Text is tokenized as UTF-8 bytes. Float32
+  throughout, since CPUs run bf16 convolutions and matmuls far slower."""
+  t5_config = tiny_umt5_config(vocab_size=260)
+  dit_config: WanConfig = tiny_config(in_dim=16, out_dim=16, text_dim=t5_config.dim, num_layers=2)
+  vae_config = tiny_vae_config()
+  keys = jax.random.split(jax.random.key(seed), 3)
+  f32 = jnp.float32
+  dit_params = init_dit_params(dit_config, keys[0], param_dtype=f32)
+  # Wan zero-initialises the output head; random weights there make the random video visibly move.
+  dit_params["head"]["head"]["weight"] = 0.05 * jax.random.normal(
+      keys[1], dit_params["head"]["head"]["weight"].shape, dit_params["head"]["head"]["weight"].dtype)
+  encoder = TextEncoder(t5_config, init_t5_params(t5_config, keys[2], param_dtype=f32), dtype=f32, text_len=64)
+
+  def embed(prompts):
+    ids = np.zeros((len(prompts), encoder.text_len), np.int32)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+      # UTF-8 bytes shifted past the pad (0) and end (1) ids, then the end token.
+      tokens = [b + 2 for b in p.encode("utf-8")][: encoder.text_len - 1] + [1]
+      ids[i, : len(tokens)] = tokens
+      mask[i, : len(tokens)] = 1
+    return encoder.encode_ids(ids, mask)
+
+  dit = WanDiT(dit_config, dtype=f32, param_dtype=f32, attention_backend="xla")
+  return StreamingPipeline(dit, dit_params, stream, WanVAE(vae_config, dtype=f32),
+                           init_vae_params(vae_config, seed, param_dtype=f32), embed, random_weights=True)
