@@ -100,8 +100,8 @@ def check_size(builtin: bool) -> tuple[int, int]:
 
 def build_pipeline():
   from hybrid_forcing_jax import pipeline
-  from hybrid_forcing_jax.streaming.config import StreamConfig
-  stream = StreamConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in FLAGS.config.stream.items()})
+  from hybrid_forcing_jax.streaming.config import from_config
+  stream = from_config(FLAGS.config.stream)
   given = {k: getattr(FLAGS, k) for k in ("dit", "vae", "text_encoder", "tokenizer")}
   if not any(given.values()):
     return pipeline.builtin_random(stream, FLAGS.seed)

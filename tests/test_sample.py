@@ -51,3 +51,15 @@ def test_wrong_checkpoint_folder(tmp_path):
                     f"--tokenizer={tmp_path}/tok", timeout=300)
   assert done.returncode == 2
   assert "cannot load the model" in done.stderr and "not a converted checkpoint folder" in done.stderr
+
+
+def test_prompt_schedule_switches_at_the_chunk_holding_that_time():
+  from hybrid_forcing_jax import sample
+  from hybrid_forcing_jax.pipeline import builtin_random
+  from hybrid_forcing_jax.streaming.config import HYBRID
+  pipe = builtin_random(HYBRID)
+  # chunk 0 = frames [0, 9), chunk 1 = [9, 21), chunk 2 = [21, 33) at 16 fps
+  assert [pipe.chunk_start_frame(i) for i in range(4)] == [0, 9, 21, 33]
+  schedule = sample.parse_schedule("0:a calm sea; 1.0:a storm;2.0:night")
+  assert [(sample._chunk_at(pipe, s), p) for s, p in schedule] == [(0, "a calm sea"), (2, "a storm"), (3, "night")]
+  assert pipe.chunks_for(30) == 3 and pipe.chunks_for(9) == 1 and pipe.chunks_for(10) == 2
