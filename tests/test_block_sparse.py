@@ -181,3 +181,21 @@ def test_entry_point_routing_and_errors():
     block_sparse_attention(q[..., :12], k[..., :12], v[..., :12], impl="pallas_triton", interpret=True)
   with pytest.raises(UnsupportedError, match="pallas_triton"):
     block_sparse_attention(q, k, v, impl="pallas_triton", interpret=False)   # no GPU here
+
+
+def test_mosaic_kernel_in_gpu_interpreter():
+  """The Hopper kernel's pipeline (table-driven TMA ring, barriers, ping-pong, ragged last key block, odd
+  number of query blocks) run by jax's private Mosaic GPU interpreter on CPU; the matmuls there are plain
+  dots (the interpreter lacks transposed-ref wgmma)."""
+  try:
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+  except ImportError:
+    pytest.skip("this jax has no Mosaic GPU interpreter")
+  from kernels.block_sparse import mosaic_attention
+  q, k, v = _qkv(51, 1, 150, 330, 1, 64, jnp.bfloat16)
+  plan = make_plan(150, 330, 0.5)
+  table = select_blocks(q, k, plan)
+  out, lse = mosaic_attention.forward(q, k, v, table, plan=plan, interpret=InterpretGPUParams())
+  ref, ref_lse = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), table, plan)
+  assert _rel(out, ref) < 1e-2
+  np.testing.assert_allclose(lse, ref_lse, atol=1e-3)
