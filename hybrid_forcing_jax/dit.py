@@ -80,7 +80,8 @@ def block_causal_attention(q, k, v, chunk_tokens: int, backend: str):
   return out.reshape(b, length, h, d)
 
 
-class SelfAttention(nn.Module):
+class _Attention(nn.Module):
+  """Wan's q, k, v, o projections with q/k RMSNorm across heads, shared by self- and cross-attention."""
   config: WanConfig
   dtype: Dtype
   param_dtype: Dtype
@@ -91,6 +92,16 @@ class SelfAttention(nn.Module):
     self.q, self.k, self.v, self.o = (Linear(c.dim, self.dtype, self.param_dtype) for _ in range(4))
     self.norm_q = RMSNorm(c.eps, self.dtype)
     self.norm_k = RMSNorm(c.eps, self.dtype)
+
+  def heads(self, y):
+    """[B, L, dim] -> [B, L, H, D]."""
+    return y.reshape(y.shape[0], y.shape[1], self.config.num_heads, self.config.head_dim)
+
+
+class SelfAttention(_Attention):
+  def setup(self):
+    super().setup()
+    c = self.config
     if c.linear_proj:
       # Hybrid Forcing's read-out of the linear-attention memory (Eq. 7): Linear(head_dim, head_dim)
       # shared across heads, zero-initialised so a dense checkpoint starts out unchanged. Declared as
@@ -100,9 +111,7 @@ class SelfAttention(nn.Module):
 
   def project(self, x):
     """x [B, L, dim] -> q, k, v [B, L, H, D], q and k RMS-normed across heads, not yet rotated."""
-    b, length, _ = x.shape
-    split = lambda y: y.reshape(b, length, self.config.num_heads, self.config.head_dim)
-    return split(self.norm_q(self.q(x))), split(self.norm_k(self.k(x))), split(self.v(x))
+    return self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
 
   def attend(self, q, k, v, layout: AttentionLayout, frame_tokens: int):
     if layout.kind == "block_causal":
@@ -128,28 +137,15 @@ class SelfAttention(nn.Module):
     return self.o(out.reshape(x.shape[0], x.shape[1], self.config.dim)), new_kv
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
   """Text cross-attention; `text_kv` is separate so K/V are computed once per prompt."""
-  config: WanConfig
-  dtype: Dtype
-  param_dtype: Dtype
-  backend: str
-
-  def setup(self):
-    c = self.config
-    self.q, self.k, self.v, self.o = (Linear(c.dim, self.dtype, self.param_dtype) for _ in range(4))
-    self.norm_q = RMSNorm(c.eps, self.dtype)
-    self.norm_k = RMSNorm(c.eps, self.dtype)
 
   def text_kv(self, context):
-    b, length, _ = context.shape
-    split = lambda y: y.reshape(b, length, self.config.num_heads, self.config.head_dim)
-    return split(self.norm_k(self.k(context))), split(self.v(context))
+    return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
 
   def __call__(self, x, kv):
     b, length, _ = x.shape
-    q = self.norm_q(self.q(x)).reshape(b, length, self.config.num_heads, self.config.head_dim)
-    out = attention(q, kv[0], kv[1], backend=self.backend)
+    out = attention(self.heads(self.norm_q(self.q(x))), kv[0], kv[1], backend=self.backend)
     return self.o(out.reshape(b, length, self.config.dim))
 
 
