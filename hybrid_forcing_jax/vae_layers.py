@@ -39,7 +39,7 @@ class VaeOptions:
     function, without writing and re-reading the upsampled tensor).
   """
   dtype: Dtype = jnp.bfloat16
-  conv_impl: str = "3d"
+  conv_impl: str = "fold_in"
   upsample_impl: str = "subpixel"
 
   def __post_init__(self):

@@ -14,14 +14,15 @@ from tests import vae_fixtures as fx
 
 @pytest.fixture(scope="module")
 def setup():
-  return WanVAE(fx.CONFIG, dtype=jnp.float32), init_params(fx.CONFIG, seed=4, param_dtype=jnp.float32)
+  vae = WanVAE(fx.CONFIG, dtype=jnp.float32, conv_impl="3d")  # the fastest layout on the CPU
+  return vae, init_params(fx.CONFIG, seed=4, param_dtype=jnp.float32)
 
 
 def test_streaming_decode_equals_whole(setup):
   vae, params = setup
-  z = jnp.asarray(fx.latents(seed=5, batch=2, frames=9))
+  z = jnp.asarray(fx.latents(seed=5, batch=1, frames=9))
   whole = np.asarray(vae.decode(params, z))
-  assert whole.shape == (2, 1 + 4 * 8, 32, 48, 3)
+  assert whole.shape == (1, 1 + 4 * 8, 32, 48, 3)
   out0, cache0 = vae.decode_chunk(params, z[:, 0:3])
   shapes0 = jax.tree.map(lambda a: a.shape, cache0)
   out1, cache1 = vae.decode_chunk(params, z[:, 3:6], cache0)
@@ -35,9 +36,9 @@ def test_streaming_decode_equals_whole(setup):
 
 def test_streaming_encode_equals_whole(setup):
   vae, params = setup
-  v = jnp.asarray(fx.video(seed=6, frames=13))
+  v = jnp.asarray(fx.video(seed=6, frames=9))
   whole = np.asarray(vae.encode(params, v))
-  assert whole.shape == (1, 4, 2, 3, 16)
+  assert whole.shape == (1, 3, 2, 3, 16)
   np.testing.assert_allclose(np.asarray(vae.encode(params, v, chunk_frames=4)), whole, atol=1e-5, rtol=0)
 
 
