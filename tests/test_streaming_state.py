@@ -93,8 +93,13 @@ def test_zero_linear_proj_equals_softmax_alone(sparse):
   hw = (16, 16) if sparse else LATENT_HW   # 64 tokens per frame: several 64-token key blocks
   cfg = StreamConfig(sink_frames=3, window_frames=6, rope_cap=6, sparse_ratio=sparse)
   ctx = context(model, 5)
-  run = lambda c, p: jax.jit(lambda p, s: rollout(model, p, c, s, 4))(
-      p, start(model, p, c, ctx, jax.random.key(3), hw))
+  compiled = {}
+
+  def run(c, p):   # one compile per config, reused across parameter values
+    if c not in compiled:
+      compiled[c] = jax.jit(lambda p, s: rollout(model, p, c, s, 3))
+    return compiled[c](p, start(model, p, c, ctx, jax.random.key(3), hw))
+
   hybrid_state, hybrid = run(cfg, params)
   _, alone = run(StreamConfig(sink_frames=3, window_frames=6, rope_cap=6, sparse_ratio=sparse, linear=False), params)
   assert int(hybrid_state.lin_count) > 0
