@@ -222,15 +222,20 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
         collective_axes="wg",
     )
 
-  lq_k, lk_k = lq, lk
-  if interp:   # the interpreter rejects out-of-bounds TMA boxes, which the hardware zero-fills / drops
+  # TMA descriptors over a tiled (8, 64) box need the row count a multiple of 8: pad such (non-Wan) lengths.
+  # The interpreter also rejects out-of-bounds boxes, which the hardware zero-fills / drops: pad fully there.
+  lq_k, lk_k = -(-lq // 8) * 8, -(-lk // 8) * 8
+  if interp:
     lq_k, lk_k = n_pairs * 2 * bq, plan.n_k_blocks * bk
-    pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
-    q, k, v = pad(q, lq_k), pad(k, lk_k), pad(v, lk_k)
+  pad = lambda x, n: x if x.shape[1] == n else jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+  q, k, v = pad(q, lq_k), pad(k, lk_k), pad(v, lk_k)
+  # The lse rows are written with 1-D bulk copies, which are not clipped at the end of a row: give every
+  # query block a full row of room, slice afterwards.
+  lse_len = n_pairs * 2 * bq
 
   out, lse = plgpu.kernel(
       entry,
-      out_type=(jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((b_sz, n_heads, lq_k), jnp.float32)),
+      out_type=(jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((b_sz, n_heads, lse_len), jnp.float32)),
       grid=(n_pairs, n_heads, b_sz),
       grid_names=("q_pair", "heads", "batch"),
       num_threads=3,
@@ -238,6 +243,4 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
       compiler_params=plgpu.CompilerParams(approx_math=config.approx_math),
       **({} if interpret is None else {"interpret": interpret}),
   )(table, q, k, v)
-  if interp:
-    out, lse = out[:, :lq], lse[..., :lq]
-  return out, lse
+  return out[:, :lq], lse[..., :lq]

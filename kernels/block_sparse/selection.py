@@ -67,15 +67,20 @@ def make_plan(lq: int, lk: int, sparse_ratio: float, *, keep_sink_tokens: int = 
 
 
 def mean_pool_blocks(x: jnp.ndarray, block: int) -> jnp.ndarray:
-  """x [B, L, H, D] -> [B, H, ceil(L/block), D] float32 means; the last block over its true length."""
+  """x [B, L, H, D] -> [B, H, ceil(L/block), D] float32 means; the last block over its true length.
+
+  Written as reductions over slices (no padded copy), so XLA fuses the float32 conversion into one read.
+  """
   b, l, h, d = x.shape
-  n = -(-l // block)
-  xf = x.astype(jnp.float32)
-  if n * block != l:
-    xf = jnp.pad(xf, ((0, 0), (0, n * block - l), (0, 0), (0, 0)))
-  sums = xf.reshape(b, n, block, h, d).sum(axis=2)                  # [B, n, H, D]
-  counts = jnp.minimum(block, l - block * jnp.arange(n)).astype(jnp.float32)
-  return jnp.transpose(sums / counts[None, :, None, None], (0, 2, 1, 3))
+  n_full, tail = divmod(l, block)
+  parts = []
+  if n_full:
+    full = x[:, :n_full * block].reshape(b, n_full, block, h, d)
+    parts.append(jnp.sum(full, axis=2, dtype=jnp.float32) * (1.0 / block))
+  if tail:
+    parts.append(jnp.sum(x[:, n_full * block:], axis=1, keepdims=True, dtype=jnp.float32) * (1.0 / tail))
+  means = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]       # [B, n, H, D]
+  return jnp.transpose(means, (0, 2, 1, 3))
 
 
 def block_scores(q: jnp.ndarray, k: jnp.ndarray, block_q: int = BLOCK, block_k: int = BLOCK) -> jnp.ndarray:

@@ -29,7 +29,7 @@ LN2 = math.log(2.0)
 @dataclasses.dataclass(frozen=True)
 class TritonConfig:
   num_warps: int = 4
-  num_stages: int = 2
+  num_stages: int = 3      # H100, Lq 4680 / Lk 14040 / ratio 0.2: 0.331 ms vs 0.357 ms with 2 (8 warps: slower)
   bwd_num_warps: int = 4
   bwd_num_stages: int = 2
 
