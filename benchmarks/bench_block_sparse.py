@@ -113,13 +113,18 @@ def main():
       extra.append(dict(what=f"triton fwd warps={nw} stages={ns}", ms=t, work_tf=tflops(t, keys)))
     except Exception as e:  # noqa: BLE001
       print(f"FAILED triton cfg {nw},{ns}: {e!s:.500}")
-  for slots, sched in ((2, True), (2, False)):
-    try:
-      cfg = mosaic_attention.MosaicConfig(max_concurrent_steps=slots, use_schedule_barrier=sched)
-      t = bench(attn_fn("pallas_mosaic", plan, mcfg=cfg), q, k, v, table)
-      extra.append(dict(what=f"mosaic fwd slots={slots} sched={sched}", ms=t, work_tf=tflops(t, keys)))
-    except Exception as e:  # noqa: BLE001
-      print(f"FAILED mosaic cfg {slots},{sched}: {e!s:.500}")
+  plan1 = make_plan(LQ, lk, 1.0)
+  table1 = select_blocks(q, k, plan1)
+  for slots, sched, pack in ((2, True, 1), (2, False, 1), (1, True, 2), (1, False, 2)):
+    for rp, tb in ((plan, table), (plan1, table1)):
+      try:
+        cfg = mosaic_attention.MosaicConfig(max_concurrent_steps=slots, use_schedule_barrier=sched,
+                                            blocks_per_step=pack)
+        t = bench(attn_fn("pallas_mosaic", rp, mcfg=cfg), q, k, v, tb)
+        extra.append(dict(what=f"mosaic fwd ratio={rp.top_k / rp.n_k_blocks:.2f} slots={slots} sched={sched} "
+                               f"blocks/step={pack}", ms=t, work_tf=tflops(t, min(rp.n_sel * 64, lk))))
+      except Exception as e:  # noqa: BLE001
+        print(f"FAILED mosaic cfg {slots},{sched},{pack}: {e!s:.800}")
 
   # Forward + backward (training) at Lk 14040, ratio 0.2, selection included.
   def train_fn(impl):

@@ -104,3 +104,21 @@ def test_gradients_vs_fp32_reference(impl, shape):
   for name, g, r in zip("qkv", got, want):
     assert not bool(jnp.isnan(g).any()), name
     assert _rel(g, r) < 2e-2, (name, _rel(g, r))
+
+
+@pytest.mark.parametrize("blocks_per_step,slots", [(1, 2), (2, 1)])
+@pytest.mark.parametrize("shape", ["full", "ragged"])
+@pytest.mark.parametrize("ratio", [0.2, 0.35])   # 0.35 at Lk 14040: 77 blocks, an odd count
+def test_mosaic_configs_vs_reference(blocks_per_step, slots, shape, ratio):
+  b, lq, lk, h, d = SHAPES[shape]
+  _skip_unless("pallas_mosaic", d)
+  q, k, v = _inputs(hash((blocks_per_step, shape, ratio)) % 10_000, b, lq, lk, h, d)
+  plan = make_plan(lq, lk, ratio)
+  table = select_blocks(q, k, plan)
+  cfg = mosaic_attention.MosaicConfig(max_concurrent_steps=slots, blocks_per_step=blocks_per_step)
+  out, lse = jax.jit(lambda q, k, v, t: mosaic_attention.forward(q, k, v, t, plan=plan, config=cfg))(q, k, v, table)
+  ref, ref_lse = jax.jit(lambda q, k, v, t: reference_attention(q, k, v, t, plan))(
+      *(x.astype(jnp.float32) for x in (q, k, v)), table)
+  assert not bool(jnp.isnan(out).any())
+  assert _rel(out, ref) < 1e-2
+  assert float(jnp.abs(lse - ref_lse).max()) < 2e-2

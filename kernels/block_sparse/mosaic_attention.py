@@ -38,6 +38,7 @@ class MosaicConfig:
   max_concurrent_steps: int = 2     # K/V ring slots per compute warpgroup
   use_schedule_barrier: bool = True
   approx_math: bool = True
+  blocks_per_step: int = 1          # 2: two selected 64-key blocks per step (128-wide wgmma tiles)
 
 
 DEFAULT_CONFIG = MosaicConfig()
@@ -70,7 +71,13 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
   if nq % 2:
     table = jnp.concatenate([table, table[:, :, -1:]], axis=2)
   n_pairs = table.shape[2] // 2
-  slots = max(1, min(config.max_concurrent_steps, n_sel))
+  pack = config.blocks_per_step
+  n_steps = -(-n_sel // pack)
+  dup_last = n_steps * pack != n_sel       # the last step's second half repeats a block; masked out
+  if dup_last:
+    table = jnp.concatenate([table, table[..., -1:]], axis=3)
+  bkk = bk * pack                          # keys per step
+  slots = max(1, min(config.max_concurrent_steps, n_steps))
   qk_scale = LOG2E / math.sqrt(d)
   ragged_k = lk % bk != 0
   sched = config.use_schedule_barrier
@@ -100,7 +107,7 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
       q0 = qb * bq
       plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(q0, bq), hi], qo_smem, q_bars.at[wg])
       plgpu.barrier_wait(q_bars.at[wg])
-      last_kb = table_ref[bi, hi, qb, n_sel - 1]
+      last_kbs = [table_ref[bi, hi, qb, (n_steps - 1) * pack + u] for u in range(pack)]
 
       m_i = layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
       l_i = layout_cast(jnp.full((bq,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -121,15 +128,22 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
           s = jnp.dot(qo_smem[...], k_smem[slot].T, preferred_element_type=jnp.float32)
           schedule_sync()
         else:
-          s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bk), jnp.float32))
+          s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkk), jnp.float32))
         plgpu.barrier_arrive(k_free.at[slot])
         s = s * qk_scale
         if masked:
           if interp:
-            cols = lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+            cols = lax.broadcasted_iota(jnp.int32, (bq, bkk), 1)
           else:
-            cols = plgpu.broadcasted_iota(jnp.int32, (bq, bk), 1, layout=plgpu.Layout.WGMMA)
-          s = jnp.where(cols < lk - last_kb * bk, s, -jnp.inf)
+            cols = plgpu.broadcasted_iota(jnp.int32, (bq, bkk), 1, layout=plgpu.Layout.WGMMA)
+          # Column c holds key last_kbs[c // bk] * bk + c % bk: valid while < lk (and not a duplicate).
+          valid = None
+          for u in range(pack):
+            if dup_last and u == pack - 1:
+              continue
+            part = (cols >= u * bk) & (cols < (u + 1) * bk) & (cols < lk - last_kbs[u] * bk + u * bk)
+            valid = part if valid is None else (valid | part)
+          s = jnp.where(valid, s, -jnp.inf)
         m_new = jnp.maximum(m_i, s.max(axis=1))
         alpha = jnp.exp2(m_i - m_new)
         p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -153,11 +167,11 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
         return acc, m_new, l_i
 
       carry = (acc, m_i, l_i)
-      if ragged_k:
-        carry = lax.fori_loop(0, n_sel - 1, step, carry)
-        carry = step(jnp.int32(n_sel - 1), carry, masked=True)
+      if ragged_k or dup_last:
+        carry = lax.fori_loop(0, n_steps - 1, step, carry)
+        carry = step(jnp.int32(n_steps - 1), carry, masked=True)
       else:
-        carry = lax.fori_loop(0, n_sel, step, carry)
+        carry = lax.fori_loop(0, n_steps, step, carry)
       acc, m_i, l_i = carry
       pl.when(wg == 0)(schedule_sync)
 
@@ -173,27 +187,26 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
     def _memory():
       set_max_registers(40, action="decrease")
 
-      def issue(w, j, slot):
-        kb = table_ref[bi, hi, pair * 2 + w, j]
-        src = (bi, pl.ds(kb * bk, bk), hi)
-        plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bars.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bars.at[slot])
+      def copy(src_ref, smem, bars, w, j, slot):
+        for u in range(pack):   # one TMA per 64-key block; the slot's barrier expects `pack` arrivals
+          kb = table_ref[bi, hi, pair * 2 + w, j * pack + u]
+          dst = smem.at[slot] if pack == 1 else smem.at[slot, pl.ds(u * bk, bk)]
+          plgpu.copy_gmem_to_smem(src_ref.at[bi, pl.ds(kb * bk, bk), hi], dst, bars.at[slot])
 
       for j in range(slots):
         for w in range(2):
-          issue(w, j, w * slots + j)
+          copy(k_ref, k_smem, k_bars, w, j, w * slots + j)
+          copy(v_ref, v_smem, v_bars, w, j, w * slots + j)
 
-      @pl.loop(0, n_sel - slots)
+      @pl.loop(0, n_steps - slots)
       def _(j):
         r = lax.rem(j, jnp.int32(slots))
         for w in range(2):
           slot = w * slots + r
-          kb = table_ref[bi, hi, pair * 2 + w, j + slots]
-          src = (bi, pl.ds(kb * bk, bk), hi)
           plgpu.barrier_wait(k_free.at[slot])
-          plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bars.at[slot])
+          copy(k_ref, k_smem, k_bars, w, j + slots, slot)
           plgpu.barrier_wait(v_free.at[slot])
-          plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bars.at[slot])
+          copy(v_ref, v_smem, v_bars, w, j + slots, slot)
 
       # Drain: observe the consumption of the last `slots` steps, so every barrier phase is waited on.
       for w in range(2):
@@ -207,14 +220,15 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
     transforms = (tiling, plgpu.SwizzleTransform(swizzle))
     smem = (
         plgpu.SMEM((2, bq, d), dtype, transforms=transforms),
-        plgpu.SMEM((2 * slots, bk, d), dtype, transforms=transforms),
-        plgpu.SMEM((2 * slots, bk, d), dtype, transforms=transforms),
+        plgpu.SMEM((2 * slots, bkk, d), dtype, transforms=transforms),
+        plgpu.SMEM((2 * slots, bkk, d), dtype, transforms=transforms),
         plgpu.SMEM((2, bq), jnp.float32),
     )
     pl.run_scoped(
         lambda *scoped: kernel(table_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, scoped),
         smem,
-        (plgpu.Barrier(num_barriers=2 * slots), plgpu.Barrier(num_barriers=2 * slots),
+        (plgpu.Barrier(num_arrivals=pack, num_barriers=2 * slots),
+         plgpu.Barrier(num_arrivals=pack, num_barriers=2 * slots),
          plgpu.Barrier(num_barriers=2)),
         (plgpu.Barrier(num_arrivals=1, num_barriers=2 * slots),
          plgpu.Barrier(num_arrivals=1, num_barriers=2 * slots)),
