@@ -115,16 +115,18 @@ def main():
       print(f"FAILED triton cfg {nw},{ns}: {e!s:.500}")
   plan1 = make_plan(LQ, lk, 1.0)
   table1 = select_blocks(q, k, plan1)
-  for slots, sched, pack in ((2, True, 1), (2, False, 1), (1, True, 2), (1, False, 2)):
-    for rp, tb in ((plan, table), (plan1, table1)):
-      try:
-        cfg = mosaic_attention.MosaicConfig(max_concurrent_steps=slots, use_schedule_barrier=sched,
-                                            blocks_per_step=pack)
-        t = bench(attn_fn("pallas_mosaic", rp, mcfg=cfg), q, k, v, tb)
-        extra.append(dict(what=f"mosaic fwd ratio={rp.top_k / rp.n_k_blocks:.2f} slots={slots} sched={sched} "
-                               f"blocks/step={pack}", ms=t, work_tf=tflops(t, min(rp.n_sel * 64, lk))))
-      except Exception as e:  # noqa: BLE001
-        print(f"FAILED mosaic cfg {slots},{sched},{pack}: {e!s:.800}")
+  M = mosaic_attention.MosaicConfig
+  sweep = [(plan, table, "0.2", M(max_concurrent_steps=2)), (plan, table, "0.2", M(max_concurrent_steps=2, use_schedule_barrier=False)),
+           (plan, table, "0.2", M(max_concurrent_steps=1, blocks_per_step=2)),
+           (plan1, table1, "1.0", M(shared_blocks_per_step=2, shared_max_concurrent_steps=2)),
+           (plan1, table1, "1.0", M(shared_blocks_per_step=2, shared_max_concurrent_steps=2, use_schedule_barrier=False)),
+           (plan1, table1, "1.0", M(shared_blocks_per_step=1, shared_max_concurrent_steps=4))]
+  for rp, tb, rname, cfg in sweep:
+    try:
+      t = bench(attn_fn("pallas_mosaic", rp, mcfg=cfg), q, k, v, tb)
+      extra.append(dict(what=f"mosaic fwd ratio={rname} {cfg}", ms=t, work_tf=tflops(t, min(rp.n_sel * 64, lk))))
+    except Exception as e:  # noqa: BLE001
+      print(f"FAILED mosaic cfg {cfg}: {e!s:.800}")
 
   # Forward + backward (training) at Lk 14040, ratio 0.2, selection included.
   def train_fn(impl):

@@ -183,7 +183,8 @@ def test_entry_point_routing_and_errors():
     block_sparse_attention(q, k, v, impl="pallas_triton", interpret=False)   # no GPU here
 
 
-def test_mosaic_kernel_in_gpu_interpreter():
+@pytest.mark.parametrize("ratio", [0.5, 1.0])   # 1.0: the shared K/V ring (both query blocks, one stream)
+def test_mosaic_kernel_in_gpu_interpreter(ratio):
   """The Hopper kernel's pipeline (table-driven TMA ring, barriers, ping-pong, ragged last key block, odd
   number of query blocks) run by jax's private Mosaic GPU interpreter on CPU; the matmuls there are plain
   dots (the interpreter lacks transposed-ref wgmma)."""
@@ -193,7 +194,7 @@ def test_mosaic_kernel_in_gpu_interpreter():
     pytest.skip("this jax has no Mosaic GPU interpreter")
   from kernels.block_sparse import mosaic_attention
   q, k, v = _qkv(51, 1, 150, 330, 1, 64, jnp.bfloat16)
-  plan = make_plan(150, 330, 0.5)
+  plan = make_plan(150, 330, ratio)
   table = select_blocks(q, k, plan)
   out, lse = mosaic_attention.forward(q, k, v, table, plan=plan, interpret=InterpretGPUParams())
   ref, ref_lse = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), table, plan)

@@ -7,6 +7,9 @@ One CTA = two 64-row query blocks of one (batch, head). Three warpgroups:
     `max_concurrent_steps` slots); QK^T and PV are wgmma, the softmax is online in base 2, float32.
   * wg 2 (memory): reads the table (scalar loads from GMEM) and TMA-copies the selected K/V blocks into
     the two rings, waiting on per-slot "consumed" barriers.
+When every key block is selected (ratio 1.0; detected statically as n_sel == n_key_blocks) the two query
+blocks read the same K/V, so one ring is shared by both compute warpgroups (each slot freed by two
+arrivals) and steps are two 64-key blocks wide: FA3's layout, half the L2->SMEM traffic.
 Optionally the two compute warpgroups ping-pong on a schedule barrier (one's softmax overlaps the
 other's matmuls), as FA3 does.
 
@@ -39,6 +42,10 @@ class MosaicConfig:
   use_schedule_barrier: bool = True
   approx_math: bool = True
   blocks_per_step: int = 1          # 2: two selected 64-key blocks per step (128-wide wgmma tiles)
+  # When every key block is selected (ratio 1.0) both query blocks of a CTA read the same K/V: one ring,
+  # shared by the two compute warpgroups (FA3's layout), with these settings.
+  shared_blocks_per_step: int = 2
+  shared_max_concurrent_steps: int = 2
 
 
 DEFAULT_CONFIG = MosaicConfig()
@@ -71,13 +78,15 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
   if nq % 2:
     table = jnp.concatenate([table, table[:, :, -1:]], axis=2)
   n_pairs = table.shape[2] // 2
-  pack = config.blocks_per_step
+  shared = n_sel == plan.n_k_blocks        # every row is 0..nk-1: one K/V stream for both query blocks
+  pack = config.shared_blocks_per_step if shared else config.blocks_per_step
   n_steps = -(-n_sel // pack)
   dup_last = n_steps * pack != n_sel       # the last step's second half repeats a block; masked out
   if dup_last:
     table = jnp.concatenate([table, table[..., -1:]], axis=3)
   bkk = bk * pack                          # keys per step
-  slots = max(1, min(config.max_concurrent_steps, n_steps))
+  slots = max(1, min(config.shared_max_concurrent_steps if shared else config.max_concurrent_steps, n_steps))
+  rings = 1 if shared else 2               # K/V rings per CTA (one per compute warpgroup unless shared)
   qk_scale = LOG2E / math.sqrt(d)
   ragged_k = lk % bk != 0
   sched = config.use_schedule_barrier
@@ -117,7 +126,7 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
 
       def step(j, carry, masked=False):
         acc, m_i, l_i = carry
-        slot = wg * slots + lax.rem(j, jnp.int32(slots))
+        slot = (0 if shared else wg * slots) + lax.rem(j, jnp.int32(slots))
         plgpu.barrier_wait(k_bars.at[slot])
 
         def qk_fn(acc_ref):
@@ -194,14 +203,14 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
           plgpu.copy_gmem_to_smem(src_ref.at[bi, pl.ds(kb * bk, bk), hi], dst, bars.at[slot])
 
       for j in range(slots):
-        for w in range(2):
+        for w in range(rings):
           copy(k_ref, k_smem, k_bars, w, j, w * slots + j)
           copy(v_ref, v_smem, v_bars, w, j, w * slots + j)
 
       @pl.loop(0, n_steps - slots)
       def _(j):
         r = lax.rem(j, jnp.int32(slots))
-        for w in range(2):
+        for w in range(rings):
           slot = w * slots + r
           plgpu.barrier_wait(k_free.at[slot])
           copy(k_ref, k_smem, k_bars, w, j + slots, slot)
@@ -209,7 +218,7 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
           copy(v_ref, v_smem, v_bars, w, j + slots, slot)
 
       # Drain: observe the consumption of the last `slots` steps, so every barrier phase is waited on.
-      for w in range(2):
+      for w in range(rings):
         for r in range(slots):
           plgpu.barrier_wait(k_free.at[w * slots + r])
           plgpu.barrier_wait(v_free.at[w * slots + r])
@@ -220,18 +229,18 @@ def forward(q, k, v, table, *, plan, config: MosaicConfig = DEFAULT_CONFIG, inte
     transforms = (tiling, plgpu.SwizzleTransform(swizzle))
     smem = (
         plgpu.SMEM((2, bq, d), dtype, transforms=transforms),
-        plgpu.SMEM((2 * slots, bkk, d), dtype, transforms=transforms),
-        plgpu.SMEM((2 * slots, bkk, d), dtype, transforms=transforms),
+        plgpu.SMEM((rings * slots, bkk, d), dtype, transforms=transforms),
+        plgpu.SMEM((rings * slots, bkk, d), dtype, transforms=transforms),
         plgpu.SMEM((2, bq), jnp.float32),
     )
     pl.run_scoped(
         lambda *scoped: kernel(table_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, scoped),
         smem,
-        (plgpu.Barrier(num_arrivals=pack, num_barriers=2 * slots),
-         plgpu.Barrier(num_arrivals=pack, num_barriers=2 * slots),
+        (plgpu.Barrier(num_arrivals=pack, num_barriers=rings * slots),
+         plgpu.Barrier(num_arrivals=pack, num_barriers=rings * slots),
          plgpu.Barrier(num_barriers=2)),
-        (plgpu.Barrier(num_arrivals=1, num_barriers=2 * slots),
-         plgpu.Barrier(num_arrivals=1, num_barriers=2 * slots)),
+        (plgpu.Barrier(num_arrivals=3 - rings, num_barriers=rings * slots),
+         plgpu.Barrier(num_arrivals=3 - rings, num_barriers=rings * slots)),
         plgpu.Barrier(num_arrivals=2),
         collective_axes="wg",
     )
