@@ -17,19 +17,25 @@ xavier_torch_layout = nn.initializers.xavier_uniform(in_axis=-1, out_axis=-2)
 
 
 class Linear(nn.Module):
-  """y = x W^T + b with W [out, in]; computes in `dtype` with float32 accumulation."""
+  """y = x W^T (+ b) with W [out, in]; computes in `dtype` with float32 accumulation.
+
+  output_dtype: the result's dtype (default `dtype`); umT5 keeps float32 outputs for its gated FFN.
+  """
   features: int
   dtype: Dtype = jnp.bfloat16
   param_dtype: Dtype = jnp.bfloat16
   kernel_init: Any = xavier_torch_layout
+  use_bias: bool = True
+  output_dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x):
     w = self.param("weight", self.kernel_init, (self.features, x.shape[-1]), self.param_dtype)
-    b = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     y = jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype), (((x.ndim - 1,), (1,)), ((), ())),
                             preferred_element_type=jnp.float32)
-    return (y + b.astype(jnp.float32)).astype(self.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
+    return y.astype(self.output_dtype or self.dtype)
 
 
 class RMSNorm(nn.Module):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
+from hybrid_forcing_jax import layers
 from hybrid_forcing_jax.layers import Dtype, RMSNorm, gelu_tanh
 
 
@@ -100,19 +101,10 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
-class Linear(nn.Module):
-  """y = x W^T with W [out, in] (T5 linears have no bias); float32 accumulation."""
-  features: int
-  dtype: Dtype
-  param_dtype: Dtype
-  std: float = 1.0
-
-  @nn.compact
-  def __call__(self, x):
-    w = self.param("weight", nn.initializers.normal(self.std), (self.features, x.shape[-1]), self.param_dtype)
-    y = jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype), (((x.ndim - 1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.float32)
-    return y
+def Linear(features: int, dtype: Dtype, param_dtype: Dtype, std: float = 1.0, *, name: str):  # noqa: N802
+  """T5's bias-free Linear (W [out, in], normal(std) init) with a float32 result."""
+  return layers.Linear(features, dtype, param_dtype, nn.initializers.normal(std), use_bias=False,
+                       output_dtype=jnp.float32, name=name)
 
 
 class Embedding(nn.Module):
