@@ -19,7 +19,7 @@ setup(
         # Reading PyTorch `.pt` checkpoints (Self-Forcing / Hybrid Forcing, Wan's VAE and umT5) needs torch.
         "torch": ["torch>=2.1"],
         # Test-only: the reference implementations the parity tests compare against.
-        "test": ["pytest>=8", "diffusers>=0.35", "torch==2.13.0", "sentencepiece>=0.2"],
+        "test": ["pytest>=8", "diffusers>=0.35", "torch==2.13.0", "sentencepiece>=0.2", "imageio>=2.30"],
         # NVIDIA GPUs: jax-triton for the Pallas Triton kernels' GPU path.
         "gpu": ["jax-triton>=0.3"],
     },
