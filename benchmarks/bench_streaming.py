@@ -2,7 +2,7 @@
 random bf16 weights made on the device, 832x480 (latent 60x104, 1560 tokens per frame), batch 1.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_streaming [--setting=both|hybrid|self_forcing]
-      [--chunks=20] [--sparse_backend=xla] [--tiny]
+      [--chunks=20] [--sparse_backend=auto] [--tiny]
 
 Each setting runs in its own process (clean peak-memory counter) and prints one JSON line:
   compile_s          compiling the chunk step (once; one executable serves the whole video)
@@ -14,12 +14,13 @@ Each setting runs in its own process (clean peak-memory counter) and prints one 
                      the cache write + linear absorption, and the self-attention core (RoPE of cached
                      keys, gather, softmax part) / linear read-out of one layer, x30 layers x5 forwards
                      gives their share of a chunk.
-Hybrid uses the dense-mask XLA block selection (`--sparse_backend=xla`) until the kernels are wired in.
+Hybrid's block-sparse softmax: `--sparse_backend=auto` (the Mosaic GPU kernel on Hopper), or `xla` (the
+dense-mask reference, as in the first measurement below). End to end with the VAE: bench_end_to_end.py.
 
 Measured (H100 80GB HBM3, jax 0.10.2, 10 steady-state chunks, random weights, VAE excluded):
   setting       compile  first chunk  chunk (median)  FPS    peak GiB  state   1 forward  commit  self-attn/layer
   self_forcing   7.7 s    234 ms       460 ms         26.1   13.4      5.1 GB   89 ms     4.6 ms  2.2 ms (73% of chunk)
-  hybrid        29.3 s    596 ms      1032 ms         11.6   10.7      1.8 GB  206 ms     5.7 ms  5.9 ms (86% of chunk)
+  hybrid (xla)  29.3 s    596 ms      1032 ms         11.6   10.7      1.8 GB  206 ms     5.7 ms  5.9 ms (86% of chunk)
 Where the time goes: a chunk is 5 DiT forwards (5 x 89 ms + commit ~ 460 ms dense); self-attention
 (gather + RoPE of the cached keys + softmax) is most of it. The hybrid setting's softmax runs on the
 dense-mask XLA reference of the block-sparse selection: it still computes all 4680 x 14040 logits in
@@ -134,7 +135,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--setting", default="both", choices=("both", "hybrid", "self_forcing"))
   parser.add_argument("--chunks", type=int, default=20)
-  parser.add_argument("--sparse_backend", default="xla")
+  parser.add_argument("--sparse_backend", default="auto")
   parser.add_argument("--tiny", action="store_true", help="a tiny model, to try the script on a CPU")
   args = parser.parse_args()
   if args.setting == "both":

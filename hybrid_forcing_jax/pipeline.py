@@ -49,26 +49,41 @@ class StreamingPipeline:
     return 0 if index == 0 else self.video_frames_of_chunk(0) + (index - 1) * self.video_frames_of_chunk(1)
 
   def frames(self, schedule: Sequence[tuple[int, str]], *, height: int, width: int, seed: int,
-             recache: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (chunk index, uint8 frames [T, H, W, 3]) without end. `schedule`: (chunk index, prompt)
-    pairs sorted by chunk, the first at chunk 0; each later entry switches the prompt before its chunk."""
+             recache: bool = True, num_chunks: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (chunk index, uint8 frames [T, H, W, 3]) for `num_chunks` chunks, or without end.
+    `schedule`: (chunk index, prompt) pairs sorted by chunk, the first at chunk 0; each later entry
+    switches the prompt before its chunk.
+
+    Per chunk the device queue gets denoise -> VAE decode -> cache write, and the frames are fetched
+    once all three are queued: they reach the host one DiT forward before the cache write ends, and
+    the device works on that write while the host takes the frames and queues the next chunk. (Queuing
+    further ahead gains nothing: the write donates the state, and donating a buffer still being read
+    by the queued denoising waits for it.)"""
     sf = self.vae.config.spatial_factor
     latent_hw = (height // sf, width // sf)
     prompts = PromptEmbeddingCache(self.embed)
     switches = dict(schedule)
     state = sampler.start(self.dit, self.dit_params, self.stream, prompts.get(switches[0])[None],
                           jax.random.key(seed), latent_hw)
-    step = sampler.jitted_step(self.dit, self.stream)
+    denoise, write = sampler.jitted_phases(self.dit, self.stream)
     vae_cache = None
-    for index in itertools.count():
+    chunks = itertools.count() if num_chunks is None else range(num_chunks)
+    for index in chunks:
       if index > 0 and index in switches:
-        text_kv = self.dit.apply({"params": self.dit_params}, prompts.get(switches[index])[None],
-                                 method=WanDiT.text_kv)
+        text_kv = sampler.prompt_kv(self.dit, self.dit_params, prompts.get(switches[index])[None])
         state = sampler.switch_prompt(self.dit, self.dit_params, self.stream, state, text_kv, recache=recache)
-      state, latents = step(self.dit_params, state)
+      latents = denoise(self.dit_params, state)
       video, vae_cache = self.vae.decode_chunk(self.vae_params, latents.astype(self.vae.options.dtype), vae_cache)
-      frames = np.asarray(jnp.clip(jnp.rint((video[0].astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
-      yield index, frames
+      ready = to_uint8(video)
+      state = write(self.dit_params, state, latents)
+      yield index, np.asarray(ready)
+
+
+@jax.jit
+def to_uint8(video):
+  """The first video of a batch [B, T, H, W, 3] in [-1, 1] -> uint8 [T, H, W, 3], on the device (a
+  quarter of the float32 bytes to copy to the host)."""
+  return jnp.clip(jnp.rint((video[0].astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,

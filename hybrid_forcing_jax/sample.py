@@ -138,7 +138,9 @@ def prompts_to_run() -> list[tuple[str, list[tuple[float, str]]]]:
   return [(FLAGS.output, [(0.0, FLAGS.prompt.strip())])]
 
 
-def generate(pipe, path: str, schedule, total_frames: float, width: int, height: int) -> dict:
+def generate(pipe, path: str, schedule, total_frames: float, width: int, height: int, *, seed: int = 0,
+             recache: bool = True) -> dict:
+  """Stream one video into the MP4 at `path`; returns its summary (frames, wall time, FPS, ...)."""
   from tqdm import tqdm
 
   from hybrid_forcing_jax.video_writer import Mp4Writer
@@ -150,8 +152,8 @@ def generate(pipe, path: str, schedule, total_frames: float, width: int, height:
   bar = tqdm(total=chunks, unit="chunk", desc=os.path.basename(path), dynamic_ncols=True)
   interrupted = False
   try:
-    for index, frames in pipe.frames(chunk_schedule, height=height, width=width, seed=FLAGS.seed,
-                                     recache=FLAGS.recache):
+    for _, frames in pipe.frames(chunk_schedule, height=height, width=width, seed=seed, recache=recache,
+                                 num_chunks=chunks):
       keep = frames[: int(min(len(frames), total_frames - writer.frames))]
       writer.append(keep)
       if first_frame_s is None:
@@ -159,8 +161,6 @@ def generate(pipe, path: str, schedule, total_frames: float, width: int, height:
       elapsed = time.perf_counter() - start
       bar.set_postfix(frames=writer.frames, fps=f"{writer.frames / elapsed:.1f}")
       bar.update(1)
-      if chunks is not None and index + 1 >= chunks:
-        break
   except KeyboardInterrupt:
     interrupted = True
   finally:
@@ -211,7 +211,8 @@ def main(argv):
             "trained model (see README: Weights, Convert).", file=sys.stderr)
     for path, schedule in videos:
       try:
-        summary = generate(pipe, path, schedule, total_frames, width, height)
+        summary = generate(pipe, path, schedule, total_frames, width, height, seed=FLAGS.seed,
+                           recache=FLAGS.recache)
       except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
       note = " (interrupted)" if summary["interrupted"] else ""

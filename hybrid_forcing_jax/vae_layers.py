@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 CACHE_T = 2  # frames a causal conv with a 3-frame kernel needs from before the chunk
@@ -149,8 +150,9 @@ def attention_block(p, x, opt: VaeOptions):
 # 3-tap conv on the small input whose taps are sums of the original ones: output row 2i reads
 # upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i; output row 2i+1 reads input rows i, i, i+1.
 # _SUBPIXEL[p, e, d] = 1 where original tap d lands on input tap e (rows i-1, i, i+1) for parity p.
-_SUBPIXEL = jnp.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
-                       [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], jnp.float32)
+# A NumPy constant: a jnp array here would start the accelerator (and take its memory) at import.
+_SUBPIXEL = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
+                       [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], np.float32)
 
 
 def upsample2d(p, x, opt: VaeOptions):

@@ -43,8 +43,9 @@ def stream_forward(model: WanDiT, params, cfg: StreamConfig, state: StreamState,
                      layout=AttentionLayout.streaming(cfg))
 
 
-def chunk_step(model: WanDiT, params, cfg: StreamConfig, state: StreamState):
-  """Generate the next chunk. Returns (new state, clean latents [B, F, h, w, C] float32)."""
+def denoise_chunk(model: WanDiT, params, cfg: StreamConfig, state: StreamState):
+  """The next chunk's clean latents [B, F, h, w, C] float32: the denoising forwards only; the cache is
+  read, not written."""
   b, _, h, w, c = state.latents.shape
   shape = (b, cfg.chunk_frames, h, w, c)
   ts = jnp.asarray(cfg.timesteps(), jnp.float32)
@@ -61,8 +62,19 @@ def chunk_step(model: WanDiT, params, cfg: StreamConfig, state: StreamState):
   # With sigma' = 0 after the last step the carry is exactly that step's x0.
   eps_next = jnp.concatenate([noise[1:], jnp.zeros_like(noise[:1])])
   clean, _ = jax.lax.scan(denoise, noise[0], (ts, sig, sig_next, eps_next))
+  return clean
+
+
+def write_chunk(model: WanDiT, params, cfg: StreamConfig, state: StreamState, clean) -> StreamState:
+  """The cache write: one forward of the clean chunk at t = 0, its K/V committed to the state."""
   _, (new_k, new_v) = stream_forward(model, params, cfg, state, clean, 0.0)
-  return commit_chunk(cfg, state, new_k, new_v, clean), clean
+  return commit_chunk(cfg, state, new_k, new_v, clean)
+
+
+def chunk_step(model: WanDiT, params, cfg: StreamConfig, state: StreamState):
+  """Generate the next chunk. Returns (new state, clean latents [B, F, h, w, C] float32)."""
+  clean = denoise_chunk(model, params, cfg, state)
+  return write_chunk(model, params, cfg, state, clean), clean
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,6 +83,15 @@ def jitted_step(model: WanDiT, cfg: StreamConfig, donate: bool = True):
   the cache is updated in place."""
   fn = lambda params, state: chunk_step(model, params, cfg, state)
   return jax.jit(fn, donate_argnums=(1,) if donate else ())
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_phases(model: WanDiT, cfg: StreamConfig):
+  """(denoise(params, state) -> chunk, write(params, state, chunk) -> state): `chunk_step` in two
+  executables, so a consumer can queue work (the VAE decode) between a chunk's denoising and its
+  cache write and get the chunk one forward sooner. `write` donates the state."""
+  return (jax.jit(lambda params, state: denoise_chunk(model, params, cfg, state)),
+          jax.jit(lambda params, state, clean: write_chunk(model, params, cfg, state, clean), donate_argnums=(1,)))
 
 
 def rollout(model: WanDiT, params, cfg: StreamConfig, state: StreamState, num_chunks: int):
@@ -92,10 +113,21 @@ def stream(model: WanDiT, params, cfg: StreamConfig, state: StreamState, prompts
     index += 1
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def prompt_kv(model: WanDiT, params, context):
+  """Every layer's cross-attention K/V for umT5 embeddings context [B, Lt, text_dim] (jitted: run eagerly,
+  the 30-layer scan would be traced anew on each call and delay the first frame)."""
+  return model.apply({"params": params}, context, method=WanDiT.text_kv)
+
+
 def start(model: WanDiT, params, cfg: StreamConfig, context, key, latent_hw, dtype=None) -> StreamState:
   """A fresh stream for a prompt (umT5 embeddings context [B, Lt, text_dim])."""
-  text_kv = model.apply({"params": params}, context, method=WanDiT.text_kv)
-  return init_state(cfg, model.config, text_kv, key, latent_hw, dtype or model.dtype)
+  return _start(model, params, cfg, context, key, tuple(latent_hw), dtype or model.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 5, 6))
+def _start(model, params, cfg, context, key, latent_hw, dtype):
+  return init_state(cfg, model.config, prompt_kv(model, params, context), key, latent_hw, dtype)
 
 
 def recache_frames(cfg: StreamConfig, state: StreamState):

@@ -1,0 +1,181 @@
+"""End-to-end streaming speed: prompt -> umT5 -> streaming DiT -> streaming VAE decode -> uint8 frames
+on the host, through `StreamingPipeline.frames`, the code path of `python -m hybrid_forcing_jax.sample`
+(less the MP4 encoder, which runs in its own ffmpeg process). Full size: umT5-XXL, Wan2.1-1.3B, the
+Wan2.1 VAE, 832x480, random bf16 weights made on the device, batch 1.
+
+  PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end [--setting=both|hybrid|self_forcing]
+      [--chunks=20] [--sparse_backend=auto] [--tiny]
+
+Each setting runs in its own process (clean peak-memory counter) and prints one JSON line:
+  compile_s        the warm-up stream (every executable compiled; one serves the whole video)
+  first_frame_s    a new prompt given -> its first frames on the host: prompt encoding, cross-attention
+                   K/V, 4 denoising forwards and the VAE decode of the first chunk (after compilation)
+  chunk_ms_*       steady state (window full): time between consecutive chunks reaching the host
+  fps              video frames / wall time over the steady chunks (12 frames per chunk)
+  dit_ms, vae_ms   the parts alone: DiT denoise + cache write per chunk; VAE decode of a 12-frame chunk
+  peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included)
+`--tiny` runs the built-in tiny random model instead, to try the script on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybrid_forcing_jax.config import WAN_1_3B
+from hybrid_forcing_jax.dit import WanDiT
+from hybrid_forcing_jax.dit import init_params as init_dit_params
+from hybrid_forcing_jax.pipeline import StreamingPipeline, to_uint8, builtin_random
+from hybrid_forcing_jax.streaming.config import HYBRID, SELF_FORCING
+from hybrid_forcing_jax.streaming.sampler import jitted_phases, start
+from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder
+from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
+from hybrid_forcing_jax.vae import WAN21_VAE, WanVAE
+from hybrid_forcing_jax.vae import init_params as init_vae_params
+
+
+def full_size_pipeline(cfg) -> StreamingPipeline:
+  """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights. Prompts become fixed pseudo-random
+  token ids (no tokenizer files here); the encoder runs all 512 positions whatever the prompt."""
+  bf16 = jnp.bfloat16
+  wan = dataclasses.replace(WAN_1_3B, linear_proj=cfg.linear)
+  dit_params = jax.jit(functools.partial(init_dit_params, wan, param_dtype=bf16))(jax.random.key(0))
+  t5_params = jax.jit(functools.partial(init_t5_params, UMT5_XXL, param_dtype=bf16))(jax.random.key(1))
+  encoder = TextEncoder(UMT5_XXL, t5_params, dtype=bf16)
+
+  def embed(prompts):
+    ids = np.zeros((len(prompts), encoder.text_len), np.int32)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+      tokens = np.random.default_rng(abs(hash(p)) % 2**32).integers(2, UMT5_XXL.vocab_size, 80)
+      ids[i, :80], mask[i, :80] = tokens, 1
+    return encoder.encode_ids(ids, mask)
+
+  model = WanDiT(wan, dtype=bf16, param_dtype=bf16, attention_backend="auto")
+  return StreamingPipeline(model, dit_params, cfg, WanVAE(WAN21_VAE), init_vae_params(WAN21_VAE, 0), embed)
+
+
+def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw) -> list[tuple[float, int]]:
+  """(seconds since the prompt was given, frames) as each chunk's frames reach the host."""
+  t0 = time.perf_counter()
+  stamps = []
+  for _, frames in pipe.frames([(0, prompt)], height=hw[0], width=hw[1], seed=0, num_chunks=num_chunks):
+    stamps.append((time.perf_counter() - t0, len(frames)))
+  return stamps
+
+
+def median_ms(fn, iters):
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times)
+
+
+def parts_ms(pipe: StreamingPipeline, hw, warm_chunks: int, iters: int = 5):
+  """DiT alone (denoise + cache write, per chunk, steady state) and the VAE decode alone."""
+  sf = pipe.vae.config.spatial_factor
+  latent_hw = (hw[0] // sf, hw[1] // sf)
+  ctx = pipe.embed(["parts"])
+  state = start(pipe.dit, pipe.dit_params, pipe.stream, ctx, jax.random.key(3), latent_hw)
+  denoise, write = jitted_phases(pipe.dit, pipe.stream)
+  for _ in range(warm_chunks):
+    clean = denoise(pipe.dit_params, state)
+    state = write(pipe.dit_params, state, clean)
+  holder = {"state": state}
+
+  def dit_chunk():
+    c = denoise(pipe.dit_params, holder["state"])
+    holder["state"] = write(pipe.dit_params, holder["state"], c)
+    return c
+
+  dit_ms = median_ms(dit_chunk, iters)
+  z = jnp.zeros((1, pipe.stream.chunk_frames) + latent_hw + (pipe.vae.config.z_dim,), pipe.vae.options.dtype)
+  _, cache = pipe.vae.decode_chunk(pipe.vae_params, z)
+  vae_holder = {"cache": cache}
+
+  def vae_chunk():
+    video, vae_holder["cache"] = pipe.vae.decode_chunk(pipe.vae_params, z, vae_holder["cache"])
+    return video
+
+  vae_chunk()
+  return dit_ms, median_ms(vae_chunk, iters)
+
+
+def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
+  """The first frame's path, one synced step at a time (what `first_frame_s` adds up)."""
+  sf = pipe.vae.config.spatial_factor
+  denoise, _ = jitted_phases(pipe.dit, pipe.stream)
+  parts, t0 = {}, time.perf_counter()
+
+  def lap(name, value):
+    nonlocal t0
+    jax.block_until_ready(value)
+    parts[name] = round((time.perf_counter() - t0) * 1e3, 1)
+    t0 = time.perf_counter()
+    return value
+
+  ctx = lap("text_encoder", pipe.embed(["first frame parts"]))
+  state = lap("prompt_kv_and_state", start(pipe.dit, pipe.dit_params, pipe.stream, ctx, jax.random.key(4),
+                                           (hw[0] // sf, hw[1] // sf)))
+  clean = lap("denoise_4_steps", denoise(pipe.dit_params, state))
+  video, _ = lap("vae_decode_9_frames", pipe.vae.decode_chunk(pipe.vae_params, clean.astype(pipe.vae.options.dtype)))
+  lap("to_host", np.asarray(to_uint8(video)))
+  return parts
+
+
+def run_setting(name: str, args):
+  cfg = HYBRID if name == "hybrid" else SELF_FORCING
+  if cfg.sparse_ratio is not None:
+    cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
+  pipe = builtin_random(cfg) if args.tiny else full_size_pipeline(cfg)
+  hw = (128, 128) if args.tiny else (480, 832)
+  warm = cfg.cache_slots // cfg.chunk_frames + 2   # chunks until the window is full
+  t0 = time.perf_counter()
+  stream_stamps(pipe, "compile everything", warm + 1, hw)
+  compile_s = time.perf_counter() - t0
+  stamps = stream_stamps(pipe, "a red fox running through fresh snow", warm + args.chunks, hw)
+  steady = stamps[warm:]
+  gaps = [(b[0] - a[0]) * 1e3 for a, b in zip(steady, steady[1:])]
+  frames = sum(f for _, f in steady[1:])
+  dit_ms, vae_ms = parts_ms(pipe, hw, warm)
+  first_parts = first_frame_parts_ms(pipe, hw)
+  stats = jax.devices()[0].memory_stats() or {}
+  print(json.dumps(dict(
+      setting=name, device=str(jax.devices()[0].device_kind), tiny=args.tiny, size=f"{hw[1]}x{hw[0]}",
+      sparse_backend=cfg.sparse_backend if cfg.sparse_ratio else None, compile_s=round(compile_s, 1),
+      first_frame_s=round(stamps[0][0], 3), first_frames=stamps[0][1], first_frame_parts_ms=first_parts, steady_chunks=len(gaps),
+      chunk_ms_median=round(statistics.median(gaps), 1), chunk_ms_min=round(min(gaps), 1),
+      chunk_ms_max=round(max(gaps), 1), fps=round(frames / (steady[-1][0] - steady[0][0]), 2),
+      dit_ms=round(dit_ms, 1), vae_ms=round(vae_ms, 1),
+      peak_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2))), flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--setting", default="both", choices=("both", "hybrid", "self_forcing"))
+  parser.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed")
+  parser.add_argument("--sparse_backend", default="auto")
+  parser.add_argument("--tiny", action="store_true", help="the built-in tiny model, to try the script on a CPU")
+  args = parser.parse_args()
+  if args.setting == "both":
+    for name in ("hybrid", "self_forcing"):
+      cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}", f"--chunks={args.chunks}",
+             f"--sparse_backend={args.sparse_backend}"] + (["--tiny"] if args.tiny else [])
+      subprocess.run(cmd, check=False)
+    return
+  run_setting(args.setting, args)
+
+
+if __name__ == "__main__":
+  main()
