@@ -1,10 +1,10 @@
 """End-to-end streaming speed: prompt -> umT5 -> streaming DiT -> streaming VAE decode -> uint8 frames
 on the host, through `StreamingPipeline.frames`, the code path of `python -m hybrid_forcing_jax.sample`
-(less the MP4 encoder, which runs in its own ffmpeg process). Full size: umT5-XXL, Wan2.1-1.3B, the
+(and, with --mp4, its MP4 writer too). Full size: umT5-XXL, Wan2.1-1.3B, the
 Wan2.1 VAE, 832x480, random bf16 weights made on the device, batch 1.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end [--setting=both|hybrid|self_forcing]
-      [--chunks=20] [--sparse_backend=auto] [--tiny]
+      [--chunks=20] [--sparse_backend=auto] [--mp4=/tmp/bench.mp4] [--tiny]
 
 Each setting runs in its own process (clean peak-memory counter) and prints one JSON line:
   compile_s        the warm-up stream (every executable compiled; one serves the whole video)
@@ -13,6 +13,9 @@ Each setting runs in its own process (clean peak-memory counter) and prints one 
   chunk_ms_*       steady state (window full): time between consecutive chunks reaching the host
   fps              video frames / wall time over the steady chunks (12 frames per chunk)
   dit_ms, vae_ms   the parts alone: DiT denoise + cache write per chunk; VAE decode of a 12-frame chunk
+  first_frame_parts_ms  the first frame's path one synced step at a time
+  fps_with_mp4     with `--mp4=PATH`: the same stream also encoded into an MP4 (ffmpeg, libx264), the
+                   last chunk counted when the file is complete, as the sample command does
   peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included)
 `--tiny` runs the built-in tiny random model instead, to try the script on a CPU.
 """
@@ -64,13 +67,28 @@ def full_size_pipeline(cfg) -> StreamingPipeline:
   return StreamingPipeline(model, dit_params, cfg, WanVAE(WAN21_VAE), init_vae_params(WAN21_VAE, 0), embed)
 
 
-def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw) -> list[tuple[float, int]]:
-  """(seconds since the prompt was given, frames) as each chunk's frames reach the host."""
+def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw, mp4: str | None = None):
+  """(seconds since the prompt was given, frames) as each chunk's frames reach the host; with `mp4`,
+  each chunk is also appended to that file as `python -m hybrid_forcing_jax.sample` does."""
+  writer = None
+  if mp4:
+    from hybrid_forcing_jax.video_writer import Mp4Writer
+    writer = Mp4Writer(mp4, hw[1], hw[0], fps=16)
   t0 = time.perf_counter()
   stamps = []
   for _, frames in pipe.frames([(0, prompt)], height=hw[0], width=hw[1], seed=0, num_chunks=num_chunks):
+    if writer:
+      writer.append(frames)
     stamps.append((time.perf_counter() - t0, len(frames)))
+  if writer:
+    writer.close()
+    stamps.append((time.perf_counter() - t0, 0))   # every frame encoded and in the file
   return stamps
+
+
+def steady_fps(stamps, warm: int) -> float:
+  steady = stamps[warm:]
+  return sum(f for _, f in steady[1:]) / (steady[-1][0] - steady[0][0])
 
 
 def median_ms(fn, iters):
@@ -83,7 +101,8 @@ def median_ms(fn, iters):
 
 
 def parts_ms(pipe: StreamingPipeline, hw, warm_chunks: int, iters: int = 5):
-  """DiT alone (denoise + cache write, per chunk, steady state) and the VAE decode alone."""
+  """DiT alone (denoise + cache write, per chunk, steady state), the VAE decode alone, and whether
+  both produced finite numbers."""
   sf = pipe.vae.config.spatial_factor
   latent_hw = (hw[0] // sf, hw[1] // sf)
   ctx = pipe.embed(["parts"])
@@ -100,6 +119,7 @@ def parts_ms(pipe: StreamingPipeline, hw, warm_chunks: int, iters: int = 5):
     return c
 
   dit_ms = median_ms(dit_chunk, iters)
+  finite = bool(jnp.isfinite(dit_chunk()).all())
   z = jnp.zeros((1, pipe.stream.chunk_frames) + latent_hw + (pipe.vae.config.z_dim,), pipe.vae.options.dtype)
   _, cache = pipe.vae.decode_chunk(pipe.vae_params, z)
   vae_holder = {"cache": cache}
@@ -108,8 +128,8 @@ def parts_ms(pipe: StreamingPipeline, hw, warm_chunks: int, iters: int = 5):
     video, vae_holder["cache"] = pipe.vae.decode_chunk(pipe.vae_params, z, vae_holder["cache"])
     return video
 
-  vae_chunk()
-  return dit_ms, median_ms(vae_chunk, iters)
+  finite &= bool(jnp.isfinite(vae_chunk()).all())
+  return dit_ms, median_ms(vae_chunk, iters), finite
 
 
 def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
@@ -147,8 +167,10 @@ def run_setting(name: str, args):
   stamps = stream_stamps(pipe, "a red fox running through fresh snow", warm + args.chunks, hw)
   steady = stamps[warm:]
   gaps = [(b[0] - a[0]) * 1e3 for a, b in zip(steady, steady[1:])]
-  frames = sum(f for _, f in steady[1:])
-  dit_ms, vae_ms = parts_ms(pipe, hw, warm)
+  mp4_fps = None
+  if args.mp4:
+    mp4_fps = round(steady_fps(stream_stamps(pipe, "a fox, to a file", warm + args.chunks, hw, args.mp4), warm), 2)
+  dit_ms, vae_ms, finite = parts_ms(pipe, hw, warm)
   first_parts = first_frame_parts_ms(pipe, hw)
   stats = jax.devices()[0].memory_stats() or {}
   print(json.dumps(dict(
@@ -156,9 +178,9 @@ def run_setting(name: str, args):
       sparse_backend=cfg.sparse_backend if cfg.sparse_ratio else None, compile_s=round(compile_s, 1),
       first_frame_s=round(stamps[0][0], 3), first_frames=stamps[0][1], first_frame_parts_ms=first_parts, steady_chunks=len(gaps),
       chunk_ms_median=round(statistics.median(gaps), 1), chunk_ms_min=round(min(gaps), 1),
-      chunk_ms_max=round(max(gaps), 1), fps=round(frames / (steady[-1][0] - steady[0][0]), 2),
+      chunk_ms_max=round(max(gaps), 1), fps=round(steady_fps(stamps, warm), 2), fps_with_mp4=mp4_fps,
       dit_ms=round(dit_ms, 1), vae_ms=round(vae_ms, 1),
-      peak_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2))), flush=True)
+      peak_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2), finite=finite)), flush=True)
 
 
 def main():
@@ -167,11 +189,14 @@ def main():
   parser.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed")
   parser.add_argument("--sparse_backend", default="auto")
   parser.add_argument("--tiny", action="store_true", help="the built-in tiny model, to try the script on a CPU")
+  parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   args = parser.parse_args()
   if args.setting == "both":
     for name in ("hybrid", "self_forcing"):
       cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}", f"--chunks={args.chunks}",
              f"--sparse_backend={args.sparse_backend}"] + (["--tiny"] if args.tiny else [])
+      if args.mp4:
+        cmd.append(f"--mp4={args.mp4}")
       subprocess.run(cmd, check=False)
     return
   run_setting(args.setting, args)

@@ -54,11 +54,10 @@ class StreamingPipeline:
     `schedule`: (chunk index, prompt) pairs sorted by chunk, the first at chunk 0; each later entry
     switches the prompt before its chunk.
 
-    Per chunk the device queue gets denoise -> VAE decode -> cache write, and the frames are fetched
-    once all three are queued: they reach the host one DiT forward before the cache write ends, and
-    the device works on that write while the host takes the frames and queues the next chunk. (Queuing
-    further ahead gains nothing: the write donates the state, and donating a buffer still being read
-    by the queued denoising waits for it.)"""
+    Per chunk the device queue gets denoise -> VAE decode -> cache write: the frames are decoded one
+    DiT forward before the cache write ends, and the device works on that write while the host takes
+    the frames and queues the next chunk. (Queuing the next chunk too before fetching made the first
+    frame wait for that chunk's denoising: 0.48 s instead of 0.32 s to the first frame on an H100.)"""
     sf = self.vae.config.spatial_factor
     latent_hw = (height // sf, width // sf)
     prompts = PromptEmbeddingCache(self.embed)
@@ -75,6 +74,12 @@ class StreamingPipeline:
       latents = denoise(self.dit_params, state)
       video, vae_cache = self.vae.decode_chunk(self.vae_params, latents.astype(self.vae.options.dtype), vae_cache)
       ready = to_uint8(video)
+      ready.copy_to_host_async()
+      if index == 0:
+        # The first frames before the first write is queued: a copy can land behind a write queued
+        # after it (H100: 0.27 s to the first frame instead of 0.32 s). Later chunks keep the device
+        # busy instead: their copy overlaps their write.
+        ready = np.asarray(ready)
       state = write(self.dit_params, state, latents)
       yield index, np.asarray(ready)
 

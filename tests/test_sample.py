@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import imageio
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +64,13 @@ def test_prompt_schedule_switches_at_the_chunk_holding_that_time():
   schedule = sample.parse_schedule("0:a calm sea; 1.0:a storm;2.0:night")
   assert [(sample._chunk_at(pipe, s), p) for s, p in schedule] == [(0, "a calm sea"), (2, "a storm"), (3, "night")]
   assert pipe.chunks_for(30) == 3 and pipe.chunks_for(9) == 1 and pipe.chunks_for(10) == 2
+
+  # The video itself: the same frames as the unswitched stream up to the switch, different from there.
+  def video(schedule):
+    return [f for _, f in pipe.frames(schedule, height=64, width=64, seed=0, num_chunks=3)]
+  calm, switched = video([(0, "a calm sea")]), video([(0, "a calm sea"), (2, "a storm")])
+  assert all(np.array_equal(a, b) for a, b in zip(calm[:2], switched[:2]))
+  assert not np.array_equal(calm[2], switched[2])
 
 
 MEMORY_PROBE = """
