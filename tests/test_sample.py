@@ -100,6 +100,6 @@ def test_memory_stays_flat_over_200_chunks(tmp_path):
   assert runs["20"]["frames"] == 9 + 19 * 12 and runs["200"]["frames"] == 9 + 199 * 12
   assert imageio.get_reader(str(tmp_path / "v200.mp4")).count_frames() == runs["200"]["frames"]
   growth = runs["200"]["peak_mib"] - runs["20"]["peak_mib"]
-  # Keeping the extra 180 chunks' frames would add about 100 MiB; the allocator's noise over such a run
-  # was measured at about 15 MiB (peak RSS rises early, then stays flat).
-  assert growth < 30, runs
+  # Keeping the extra 180 chunks' frames would add about 100 MiB; flat runs measured +11.5 and +18.8 MiB
+  # (the allocator settles over the first ~100 chunks, then the peak stays put).
+  assert growth < 50, runs

@@ -134,3 +134,20 @@ def test_prompt_switch():
   _, a = step(params, plain)
   _, b = step(params, switched)
   assert not np.allclose(a, b, atol=1e-4)
+
+
+def test_linear_readout_is_eq7():
+  """The read-out equals Eq. 7's linear part, ((phi(q) S) / (phi(q) z + eps)) W^T + b, in float64."""
+  from hybrid_forcing_jax.streaming.hybrid_attention import linear_readout
+  rng = np.random.default_rng(0)
+  b, l, h, d = 2, 5, 3, 8
+  q = rng.standard_normal((b, l, h, d)).astype(np.float32)
+  s = rng.random((b, h, d, d)).astype(np.float32)
+  z = rng.random((b, h, d)).astype(np.float32)
+  w, bias = rng.standard_normal((d, d)).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+  phi = np.maximum(q, 0).astype(np.float64)
+  y = np.einsum("blhd,bhde->blhe", phi, s) / (np.einsum("blhd,bhd->blh", phi, z) + 1e-6)[..., None]
+  want = np.einsum("blhd,ed->blhe", y, w) + bias
+  proj = dict(weight=jnp.asarray(w), bias=jnp.asarray(bias))
+  got = linear_readout(jnp.asarray(q), jnp.asarray(s), jnp.asarray(z), proj, 1e-6)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)

@@ -18,16 +18,20 @@ from hybrid_forcing_jax.streaming.config import StreamConfig
 
 def linear_readout(q, lin_s, lin_z, linear_proj, eps: float):
   """q [B, L, H, D] (un-rotated); lin_s [B, H, D, D], lin_z [B, H, D] float32 -> [B, L, H, D] float32.
-  linear_proj = {weight [D, D] (PyTorch [out, in]), bias [D]}, shared across heads."""
-  # Default matmul precision: TF32 on a GPU (half the time of full fp32 on an H100, relative error
-  # ~3e-4, far below the bf16 of the softmax output this is added to); exact fp32 on a CPU. The
-  # state itself is accumulated in full fp32 (state.py).
+  linear_proj = {weight W [D, D] (PyTorch [out, in]), bias b [D]}, shared across heads.
+
+  Eq. 7's linear part, ((phi(q) S) / (phi(q) z + eps)) W^T + b, computed as (phi(q) (S W^T)) /
+  (phi(q) z + eps) + b: the normaliser is one scalar per token and head, so the projection folds into
+  the state (a [D, D] product per head) instead of a second pass over every token."""
+  s_proj = jnp.einsum("bhde,fe->bhdf", lin_s, linear_proj["weight"].astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST)
+  # The per-token products at default matmul precision: TF32 on a GPU (half the time of full fp32 on
+  # an H100, relative error ~3e-4, far below the bf16 of the softmax output this is added to); exact
+  # fp32 on a CPU. The state itself is accumulated in full fp32 (state.py).
   phi = jax.nn.relu(q.astype(jnp.float32))
-  num = jnp.einsum("blhd,bhde->blhe", phi, lin_s)
+  num = jnp.einsum("blhd,bhde->blhe", phi, s_proj)
   den = jnp.einsum("blhd,bhd->blh", phi, lin_z) + eps
-  y = num / den[..., None]
-  w = linear_proj["weight"].astype(jnp.float32)
-  return jnp.einsum("blhd,ed->blhe", y, w) + linear_proj["bias"].astype(jnp.float32)
+  return num / den[..., None] + linear_proj["bias"].astype(jnp.float32)
 
 
 def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_valid, tokens: int):
