@@ -1,4 +1,4 @@
-"""The few-step streaming sampler: one jitted step per chunk, a scan rollout, endless Python streaming.
+"""The few-step streaming sampler: one jitted step per chunk (or its two phases), a scan rollout.
 
 Per chunk (Self-Forcing's CausalInferencePipeline, peers_pytorch.md 2.3): start from fresh noise at
 t = 1000; at each t of the warped schedule [1000, 937.5, 833.33, 625] predict the velocity v, take
@@ -6,7 +6,8 @@ x0 = x_t - sigma(t) v and re-noise x0 with fresh noise to the next t, x = (1 - s
 the last x0 is the chunk. Then one forward of the clean chunk at t = 0 writes its K/V into the cache
 (and absorbs the frames it pushes out of the window into the linear memory). The 4 denoising forwards
 read the cache and never write it. Everything is traced (the frame counter lives in the state), so
-the step compiles once and never syncs with the host.
+the step compiles once and never syncs with the host. The endless stream, with the VAE decode and
+prompt switches, is `pipeline.StreamingPipeline.frames`.
 """
 from __future__ import annotations
 
@@ -97,20 +98,6 @@ def jitted_phases(model: WanDiT, cfg: StreamConfig):
 def rollout(model: WanDiT, params, cfg: StreamConfig, state: StreamState, num_chunks: int):
   """A fixed number of chunks under `jax.lax.scan`: (final state, chunks [N, B, F, h, w, C])."""
   return jax.lax.scan(lambda s, _: chunk_step(model, params, cfg, s), state, None, length=num_chunks)
-
-
-def stream(model: WanDiT, params, cfg: StreamConfig, state: StreamState, prompts=None):
-  """Endless streaming: a Python loop over the jitted step, yielding (chunk index, chunk). `prompts`
-  maps a chunk index to (text_kv, recache) to switch the prompt before that chunk."""
-  step = jitted_step(model, cfg)
-  index = 0
-  while True:
-    if prompts and index in prompts:
-      text_kv, recache = prompts[index]
-      state = switch_prompt(model, params, cfg, state, text_kv, recache=recache)
-    state, chunk = step(params, state)
-    yield index, chunk
-    index += 1
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
