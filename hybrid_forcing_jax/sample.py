@@ -42,6 +42,9 @@ flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m conv
 flags.DEFINE_string("tokenizer", None, "Local google/umt5-xxl tokenizer folder")
 flags.DEFINE_boolean("recache", True, "On a prompt switch, re-encode the cached window under the new prompt")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend (auto, xla, cudnn, pallas_triton, pallas_mosaic)")
+flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid_forcing_jax", "xla"),
+                    "Persistent XLA compilation cache: later runs with the same model and sizes skip most "
+                    "of the compilation before the first frame. Empty: no cache")
 
 # ffmpeg is started with fork+exec after JAX's threads exist; exec follows at once, so the warning is moot.
 warnings.filterwarnings("ignore", message="os.fork\\(\\) was called", category=RuntimeWarning)
@@ -191,6 +194,18 @@ def _chunk_at(pipe, seconds: float) -> int:
   return index
 
 
+def use_compilation_cache(folder: str) -> None:
+  if not folder:
+    return
+  import jax
+  folder = os.path.expanduser(folder)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"--compilation_cache_dir={folder!r} cannot be created: {e}") from None
+  jax.config.update("jax_compilation_cache_dir", folder)
+
+
 def peak_memory_summary() -> str:
   import jax
   host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -208,6 +223,7 @@ def main(argv):
     width, height = check_size(using_builtin_model())
     for path, _ in videos:
       check_writable(path)
+    use_compilation_cache(FLAGS.compilation_cache_dir)
     pipe = build_pipeline()
     if pipe.random_weights:
       print("NOTE: no checkpoints given (--dit/--vae/--text_encoder/--tokenizer): running a tiny built-in model "

@@ -18,9 +18,10 @@ def run_sample(*args, timeout=600):
 
 
 def test_default_run_writes_playable_mp4(tmp_path):
-  out = tmp_path / "fox.mp4"
-  done = run_sample(f"--output={out}", "--num_frames=30")
+  out, cache = tmp_path / "fox.mp4", tmp_path / "xla_cache"
+  done = run_sample(f"--output={out}", "--num_frames=30", f"--compilation_cache_dir={cache}")
   assert done.returncode == 0, done.stderr[-2000:]
+  assert any(cache.iterdir()), "the compiled chunk step should be in the persistent cache"
   assert "RANDOM weights" in done.stderr
   reader = imageio.get_reader(str(out))
   meta = reader.get_meta_data()
