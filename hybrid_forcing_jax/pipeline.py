@@ -77,8 +77,8 @@ class StreamingPipeline:
       ready.copy_to_host_async()
       if index == 0:
         # The first frames before the first write is queued: a copy can land behind a write queued
-        # after it (H100: 0.27 s to the first frame instead of 0.32 s). Later chunks keep the device
-        # busy instead: their copy overlaps their write.
+        # after it (H100, first chunk: frames on the host after 0.265 s instead of 0.307 s). Later
+        # chunks keep the device busy instead: their copy overlaps their write.
         ready = np.asarray(ready)
       if num_chunks is None or index + 1 < num_chunks:   # the last chunk's cache would never be read
         state = write(self.dit_params, state, latents)
@@ -87,8 +87,8 @@ class StreamingPipeline:
 
 @jax.jit
 def to_uint8(video):
-  """The first video of a batch [B, T, H, W, 3] in [-1, 1] -> uint8 [T, H, W, 3], on the device (a
-  quarter of the float32 bytes to copy to the host)."""
+  """The first video of a batch [B, T, H, W, 3] in [-1, 1] -> uint8 [T, H, W, 3], on the device (half
+  the bytes of a bf16 video to copy to the host)."""
   return jnp.clip(jnp.rint((video[0].astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
