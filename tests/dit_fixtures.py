@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from convert.wan_dit import DIFFUSERS_TABLE
 from hybrid_forcing_jax.config import tiny_config
+from tests.torch_reference import perturb_parameters
 
 CONFIG = tiny_config()  # dim 48, 2 heads of 24, 2 layers, in/out 4 channels, text_dim 32, freq_dim 16
 
@@ -22,10 +23,7 @@ def tiny_diffusers_model(seed: int = 0) -> WanTransformer3DModel:
       patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.head_dim,
       in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim, freq_dim=c.freq_dim, ffn_dim=c.ffn_dim,
       num_layers=c.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=c.eps)
-  with torch.no_grad():  # move every parameter off its initial value (norms start at 1, biases at 0)
-    for p in model.parameters():
-      p.add_(0.2 * torch.randn_like(p))
-  return model.eval()
+  return perturb_parameters(model, 0.2)
 
 
 def original_state_dict(model: WanTransformer3DModel) -> dict[str, torch.Tensor]:

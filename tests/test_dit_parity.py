@@ -12,6 +12,7 @@ from convert.wan_dit import convert_dit
 from hybrid_forcing_jax.checkpoint import load_checkpoint
 from hybrid_forcing_jax.dit import WanDiT
 from tests import dit_fixtures as fx
+from tests.torch_reference import assert_same_state_dict
 
 
 def rel_err(a, b):
@@ -46,10 +47,7 @@ def test_original_format_names_agree_with_diffusers_converter(reference):
   original = fx.original_state_dict(model)
   assert any(k.startswith("blocks.1.self_attn.q.") for k in original)
   back = convert_wan_transformer_to_diffusers(dict(original))
-  want = model.state_dict()
-  assert sorted(back) == sorted(want)
-  for k in want:
-    assert torch.equal(back[k], want[k]), k
+  assert_same_state_dict(back, model.state_dict())
 
 
 def test_original_format_sharded(tmp_path, reference):

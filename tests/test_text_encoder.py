@@ -17,6 +17,7 @@ from convert.umt5 import TRANSFORMERS_TABLE, convert_umt5
 from hybrid_forcing_jax.checkpoint import load_checkpoint
 from hybrid_forcing_jax.text_encoder import (UMT5Encoder, UMT5_XXL, TextEncoder, relative_position_buckets,
                                              tiny_umt5_config)
+from tests.torch_reference import perturb_parameters
 
 CONFIG = tiny_umt5_config()  # dim 32, 4 heads of 6 (dim_attn 24), ffn 64, 3 layers, vocab 100, max_distance 20
 LENGTH = 40  # > max_distance, so the logarithmic and the clamped buckets are both exercised
@@ -31,10 +32,7 @@ def tiny_hf_model(config=CONFIG, seed=0) -> UMT5EncoderModel:
                 feed_forward_proj="gated-gelu", dropout_rate=0.0)
   hf._attn_implementation = "eager"  # the plain reference formula
   model = UMT5EncoderModel(hf)
-  with torch.no_grad():  # move norms off 1 and give every tensor a distinct random value
-    for p in model.parameters():
-      p.add_(0.2 * torch.randn_like(p))
-  return model.eval()
+  return perturb_parameters(model, 0.2)
 
 
 def wan_state_dict(model) -> dict:

@@ -10,6 +10,7 @@ from convert.wan_vae import convert_vae
 from hybrid_forcing_jax.checkpoint import flatten, load_checkpoint
 from hybrid_forcing_jax.vae import WanVAE
 from tests import vae_fixtures as fx
+from tests.torch_reference import assert_same_state_dict
 
 
 def rel_err(a, b):
@@ -73,10 +74,7 @@ def test_original_format_names_agree_with_diffusers_converter(model):
   original = fx.original_state_dict(model)
   assert "decoder.upsamples.4.shortcut.weight" in original and "decoder.middle.1.to_qkv.weight" in original
   back = convert_wan_vae_to_diffusers(dict(original))
-  want = model.state_dict()
-  assert sorted(back) == sorted(want)
-  for k in want:
-    assert torch.equal(back[k], want[k]), k
+  assert_same_state_dict(back, model.state_dict())
 
 
 def test_bf16_default(model, folders):

@@ -7,6 +7,7 @@ from diffusers import AutoencoderKLWan
 
 from convert.wan_vae import diffusers_table
 from hybrid_forcing_jax.vae import tiny_vae_config
+from tests.torch_reference import perturb_parameters
 
 CONFIG = tiny_vae_config()  # base dim 8, multipliers 1,2,4,4, 2 blocks per level, z_dim 16
 
@@ -17,10 +18,7 @@ def tiny_diffusers_vae(seed: int = 0) -> AutoencoderKLWan:
   model = AutoencoderKLWan(base_dim=c.base_dim, z_dim=c.z_dim, dim_mult=list(c.dim_mult),
                            num_res_blocks=c.num_res_blocks, temperal_downsample=list(c.temporal_downsample),
                            latents_mean=list(c.latents_mean), latents_std=list(c.latents_std))
-  with torch.no_grad():  # move every parameter off its initial value (gammas start at 1, biases at 0)
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model.eval()
+  return perturb_parameters(model, 0.1)
 
 
 def original_state_dict(model: AutoencoderKLWan) -> dict[str, torch.Tensor]:
