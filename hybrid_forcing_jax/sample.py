@@ -12,7 +12,6 @@ however long the video, and Ctrl-C or a crash leaves a playable file of everythi
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import resource

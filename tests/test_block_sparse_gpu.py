@@ -8,7 +8,6 @@ Skipped where no GPU is visible.
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from kernels.block_sparse import block_sparse_attention, make_plan, reference_attention, select_blocks

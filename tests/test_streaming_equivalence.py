@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_forcing_jax.dit import AttentionLayout, WanDiT
+from hybrid_forcing_jax.dit import AttentionLayout
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.streaming.sampler import chunk_noise, rollout, start
 from tests.streaming_fixtures import LATENT_HW, context, tiny_model

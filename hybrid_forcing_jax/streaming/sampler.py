@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from hybrid_forcing_jax.dit import AttentionLayout, WanDiT
 from hybrid_forcing_jax.streaming import positions
 from hybrid_forcing_jax.streaming.config import StreamConfig
-from hybrid_forcing_jax.streaming.state import StreamState, commit_chunk, frame_tokens, init_state
+from hybrid_forcing_jax.streaming.state import StreamState, commit_chunk, init_state
 
 
 def chunk_noise(key, chunk_index, num_steps: int, shape):

@@ -24,7 +24,6 @@ Needs jax with `plgpu.kernel` (0.10+) and an sm_90 GPU; bf16/f16; head_dim multi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
