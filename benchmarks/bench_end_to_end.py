@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ def full_size_pipeline(cfg) -> StreamingPipeline:
     ids = np.zeros((len(prompts), encoder.text_len), np.int32)
     mask = np.zeros_like(ids)
     for i, p in enumerate(prompts):
-      tokens = np.random.default_rng(abs(hash(p)) % 2**32).integers(2, UMT5_XXL.vocab_size, 80)
+      tokens = np.random.default_rng(zlib.crc32(p.encode())).integers(2, UMT5_XXL.vocab_size, 80)
       ids[i, :80], mask[i, :80] = tokens, 1
     return encoder.encode_ids(ids, mask)
 
