@@ -5,12 +5,12 @@ Run-time choices (dtypes, attention backend, remat) are not architecture and liv
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
+
+from hybrid_forcing_jax.config_io import JsonConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class WanConfig:
+class WanConfig(JsonConfig):
   dim: int = 1536
   ffn_dim: int = 8960
   num_heads: int = 12
@@ -41,22 +41,6 @@ class WanConfig:
     """Channels of each head given to (time, height, width) RoPE: 44/42/42 for head_dim 128."""
     hw = 2 * (self.head_dim // 6)
     return (self.head_dim - 2 * hw, hw, hw)
-
-  def to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["patch_size"] = list(self.patch_size)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "WanConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"WanConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**d)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 WAN_1_3B = WanConfig()

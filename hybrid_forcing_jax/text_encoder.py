@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 from typing import Any, Sequence
 
@@ -27,12 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
+from hybrid_forcing_jax.config_io import JsonConfig
 from hybrid_forcing_jax import layers
 from hybrid_forcing_jax.layers import Dtype, RMSNorm, gelu_tanh
 
 
 @dataclasses.dataclass(frozen=True)
-class UMT5Config:
+class UMT5Config(JsonConfig):
   vocab_size: int = 256384
   dim: int = 4096
   dim_attn: int = 4096  # num_heads * head_dim (transformers' d_kv is the head dim)
@@ -54,20 +54,6 @@ class UMT5Config:
   @property
   def head_dim(self) -> int:
     return self.dim_attn // self.num_heads
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "UMT5Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"UMT5Config: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**d)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 UMT5_XXL = UMT5Config()

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,7 @@ import numpy as np
 
 from hybrid_forcing_jax import vae_layers as L
 from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
+from hybrid_forcing_jax.config_io import JsonConfig
 from hybrid_forcing_jax.vae_layers import VaeOptions
 
 # Per-channel statistics of Wan2.1's latents (wan/modules/vae.py, WanVAE.__init__).
@@ -33,7 +32,7 @@ LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 
 @dataclasses.dataclass(frozen=True)
-class VaeConfig:
+class VaeConfig(JsonConfig):
   """Architecture of the Wan2.1 VAE (`_video_vae`); defaults are the released model."""
   z_dim: int = 16
   base_dim: int = 96
@@ -59,20 +58,6 @@ class VaeConfig:
   @property
   def spatial_factor(self) -> int:
     return 2 ** (len(self.dim_mult) - 1)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "VaeConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"VaeConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**d)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 WAN21_VAE = VaeConfig()

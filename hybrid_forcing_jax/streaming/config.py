@@ -13,9 +13,11 @@ import dataclasses
 
 import numpy as np
 
+from hybrid_forcing_jax.config_io import JsonConfig
+
 
 @dataclasses.dataclass(frozen=True)
-class StreamConfig:
+class StreamConfig(JsonConfig):
   chunk_frames: int = 3        # F: latent frames per chunk (`num_frame_per_block`)
   sink_frames: int = 3         # S
   window_frames: int = 9       # W: softmax window in frames, sink and current chunk included
@@ -93,9 +95,4 @@ SELF_FORCING = StreamConfig(sink_frames=0, window_frames=21, rope="absolute", li
 
 def from_config(d) -> StreamConfig:
   """A StreamConfig from a mapping (e.g. the `stream` ConfigDict of configs/hybrid.py)."""
-  d = dict(d)
-  known = {f.name for f in dataclasses.fields(StreamConfig)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ValueError(f"StreamConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-  return StreamConfig(**d)
+  return StreamConfig.from_dict(dict(d))
