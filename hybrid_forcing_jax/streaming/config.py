@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.config_io import JsonConfig
 
 
@@ -70,14 +71,11 @@ class StreamConfig(JsonConfig):
       c += 1
 
   def timesteps(self) -> np.ndarray:
-    """The sampler's t values (float64). Flow matching with `shift`: sigma(s) = shift s / (1 + (shift-1) s)
-    over s = linspace(1, 0, N+1)[:-1], t = N sigma. Warping reads step k at index N - k of the table
-    with a 0 appended, so [1000, 750, 500, 250] becomes [1000, 937.5, 833.33, 625] (Self-Forcing)."""
-    n = self.num_train_timesteps
-    s = np.linspace(1.0, 0.0, n + 1)[:-1]
-    table = np.concatenate([n * self.shift * s / (1 + (self.shift - 1) * s), [0.0]])
-    steps = np.asarray(self.denoising_steps, np.float64)
-    return table[n - steps.astype(np.int64)] if self.warp_denoising_steps else steps
+    """The sampler's t values (float64): the flow-matching table at `shift`, warped or not
+    (flow.warp: [1000, 750, 500, 250] -> [1000, 937.5, 833.33, 625], Self-Forcing)."""
+    if not self.warp_denoising_steps:
+      return np.asarray(self.denoising_steps, np.float64)
+    return flow.warp(self.denoising_steps, self.shift, self.num_train_timesteps)
 
   def sigmas(self) -> np.ndarray:
     return self.timesteps() / self.num_train_timesteps
