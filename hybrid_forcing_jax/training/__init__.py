@@ -1,0 +1,1 @@
+"""Training: ODE-init regression now, DMD distillation next (see docs/training.md)."""
