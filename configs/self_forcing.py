@@ -7,6 +7,5 @@ from configs import hybrid
 
 def get_config() -> ml_collections.ConfigDict:
   c = hybrid.get_config()
-  c.linear_proj = False
   c.stream.update(dict(sink_frames=0, window_frames=21, rope="absolute", linear=False, sparse_ratio=None))
   return c
