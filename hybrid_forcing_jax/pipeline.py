@@ -22,6 +22,7 @@ from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.text_encoder import PromptEmbeddingCache, TextEncoder, tiny_umt5_config
 from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
+from hybrid_forcing_jax.tokenizer import byte_tokenize
 from hybrid_forcing_jax.vae import WanVAE, tiny_vae_config
 from hybrid_forcing_jax.vae import init_params as init_vae_params
 
@@ -123,14 +124,7 @@ def builtin_random(stream: StreamConfig, seed: int = 0) -> StreamingPipeline:
   encoder = TextEncoder(t5_config, init_t5_params(t5_config, keys[2], param_dtype=f32), dtype=f32, text_len=64)
 
   def embed(prompts):
-    ids = np.zeros((len(prompts), encoder.text_len), np.int32)
-    mask = np.zeros_like(ids)
-    for i, p in enumerate(prompts):
-      # UTF-8 bytes shifted past the pad (0) and end (1) ids, then the end token.
-      tokens = [b + 2 for b in p.encode("utf-8")][: encoder.text_len - 1] + [1]
-      ids[i, : len(tokens)] = tokens
-      mask[i, : len(tokens)] = 1
-    return encoder.encode_ids(ids, mask)
+    return encoder.encode_ids(*byte_tokenize(prompts, encoder.text_len))
 
   dit = WanDiT(dit_config, dtype=f32, param_dtype=f32, attention_backend="xla")
   return StreamingPipeline(dit, dit_params, stream, WanVAE(vae_config, dtype=f32),

@@ -47,3 +47,21 @@ def tokenize(tokenizer, prompts: Sequence[str], max_length: int = 512) -> tuple[
   out = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, add_special_tokens=True,
                   return_attention_mask=True, return_tensors="np")
   return out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
+
+
+BYTE_TOKENIZER_VOCAB = 258  # 256 byte values shifted past the pad (0) and end (1) ids
+
+
+def byte_tokenize(prompts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """A deterministic stand-in for the umT5 tokenizer, for tiny random encoders (no tokenizer files):
+  UTF-8 bytes shifted past the pad (0) and end (1) ids, cut to leave room for the end token.
+  -> (ids, mask), both int32 [len(prompts), max_length]."""
+  if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+    raise TypeError(f"byte_tokenize: expects a list of prompt strings, got {type(prompts).__name__}")
+  ids = np.zeros((len(prompts), max_length), np.int32)
+  mask = np.zeros_like(ids)
+  for i, p in enumerate(prompts):
+    tokens = [b + 2 for b in p.encode("utf-8")][: max_length - 1] + [1]
+    ids[i, : len(tokens)] = tokens
+    mask[i, : len(tokens)] = 1
+  return ids, mask
