@@ -32,7 +32,8 @@ from hybrid_forcing_jax.rope import apply_rope, rope_tables
 
 @dataclasses.dataclass(frozen=True)
 class AttentionLayout:
-  """Which keys each query sees in self-attention; static (hashable) so it is part of the trace."""
+  """Which keys each query sees in self-attention. Static: registered as a pytree without leaves, so it
+  rides through `nn.scan`/`nn.remat` beside the traced inputs and is part of the trace."""
   kind: str = "bidirectional"  # or "block_causal", "stream", "recache"
   frames_per_chunk: int = 0  # latent frames per chunk (`num_frame_per_block`), for block_causal
   stream: Any = None  # streaming.config.StreamConfig, for stream / recache
@@ -57,6 +58,15 @@ class AttentionLayout:
   @property
   def is_stream(self) -> bool:
     return self.kind in ("stream", "recache")
+
+
+jax.tree_util.register_static(AttentionLayout)
+
+# Rematerialisation of each scanned block (what the backward pass keeps from the forward):
+#   none: everything (fastest, most memory); full: only the block's inputs, the block is recomputed;
+#   dots_saveable: the matmul outputs, the cheap elementwise work in between is recomputed.
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots_saveable": jax.checkpoint_policies.dots_saveable}
 
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
@@ -213,11 +223,16 @@ class WanDiT(nn.Module):
   dtype: Dtype = jnp.bfloat16
   param_dtype: Dtype = jnp.bfloat16
   attention_backend: str = "auto"
-  remat: bool = False
+  remat: str = "none"  # a key of REMAT_POLICIES
 
   def setup(self):
     c = self.config
-    block = nn.remat(WanBlock, static_argnums=()) if self.remat else WanBlock
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"WanDiT: remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+    block = WanBlock
+    if self.remat != "none":
+      # prevent_cse=False: inside a scan the recomputation cannot be merged away, and CSE guards cost speed.
+      block = nn.remat(WanBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
     self.blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
         in_axes=(0, nn.broadcast), length=c.num_layers, methods=["__call__", "text_kv"],
