@@ -1,0 +1,1 @@
+"""Training losses: pure functions of (params, batch, rng), one per file, each citing its equation."""
