@@ -42,7 +42,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     applied, update_index = update_progress(opt_state, state.step)
     ema = jax.tree.map(lambda new, old: jnp.where(applied, new, old),
                        ema_update(state.ema, params, update_index, ema_decay, ema_start), state.ema)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "lr": current_learning_rate(opt_state)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": current_learning_rate(opt_state)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
   return train_step
