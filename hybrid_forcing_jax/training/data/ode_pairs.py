@@ -8,7 +8,6 @@ rest, so a killed run loses at most its unfinished shards.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any
@@ -30,20 +29,21 @@ def shard_name(shard: int) -> str:
 
 
 def encode_record(prompt: str, prompt_index: int, latents: np.ndarray) -> bytes:
-  """One prompt's record: its text and index, and its kept latents [K, F, h, w, C] stored bfloat16."""
-  latents = np.asarray(latents).astype(LATENT_DTYPE)
-  buffer = io.BytesIO()
-  np.savez(buffer, prompt=np.str_(prompt), prompt_index=np.int64(prompt_index),
-           latents=latents.view(np.uint16), shape=np.asarray(latents.shape, np.int64))
-  return buffer.getvalue()
+  """One prompt's record: a JSON header (prompt, index, shape, dtype) then the kept latents [K, F, h, w,
+  C] as raw bfloat16; the same inputs give the same bytes."""
+  latents = np.ascontiguousarray(np.asarray(latents).astype(LATENT_DTYPE))
+  header = json.dumps(dict(prompt=prompt, prompt_index=int(prompt_index), shape=list(latents.shape),
+                           dtype="bfloat16")).encode()
+  return len(header).to_bytes(4, "little") + header + latents.tobytes()
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
   """-> {"prompt": str, "prompt_index": int, "latents": bfloat16 [K, F, h, w, C], "shape": tuple}."""
-  with np.load(io.BytesIO(data)) as f:
-    shape = tuple(int(s) for s in f["shape"])
-    return dict(prompt=str(f["prompt"]), prompt_index=int(f["prompt_index"]), shape=shape,
-                latents=f["latents"].view(LATENT_DTYPE).reshape(shape))
+  size = int.from_bytes(data[:4], "little")
+  header = json.loads(data[4:4 + size])
+  shape = tuple(header["shape"])
+  latents = np.frombuffer(data, LATENT_DTYPE, offset=4 + size).reshape(shape)
+  return dict(prompt=header["prompt"], prompt_index=header["prompt_index"], shape=shape, latents=latents)
 
 
 class OdePairWriter:
