@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import time
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from hybrid_forcing_jax import cli
@@ -29,6 +29,8 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM: saved and stopped, not finished
 def main(argv) -> int:
   if FLAGS.config is None or not FLAGS.workdir:
     raise cli.BadInput("--config and --workdir are required (see --help)")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; the bar and metrics say enough
   from hybrid_forcing_jax.training import trainer
   from hybrid_forcing_jax.training.sharding import initialize_distributed
   initialize_distributed()

@@ -12,14 +12,12 @@ import pytest
 from configs import ode_init
 from hybrid_forcing_jax.config import WAN_1_3B
 from hybrid_forcing_jax.training import trainer
-from tests.train_fixtures import data_overrides, run_train
+from tests.train_fixtures import data_overrides, run_train, write_tiny_inputs
 
 
 @pytest.fixture
 def inputs(tmp_path):
-  """A prompts file and an (empty) ODE-pair folder: enough to get past the input checks."""
-  (tmp_path / "prompts.txt").write_text("a red fox\na calm sea\n")
-  (tmp_path / "ode_pairs").mkdir()
+  write_tiny_inputs(str(tmp_path))
   return str(tmp_path)
 
 
@@ -47,6 +45,9 @@ def test_missing_or_empty_inputs(tmp_path, inputs):
   (tmp_path / "empty.txt").write_text("\n\n")
   refused(tiny_config(inputs, data__prompts=f"{inputs}/empty.txt"), workdir, "config.data.prompts", "holds no prompt")
   refused(tiny_config(inputs, ode_pairs__output_dir=f"{inputs}/nope"), workdir, "config.data.ode_pairs", "nope")
+  os.makedirs(f"{inputs}/empty_dir")
+  refused(tiny_config(inputs, ode_pairs__output_dir=f"{inputs}/empty_dir"), workdir, "config.data.ode_pairs",
+          "manifest.json is missing")
   assert not os.path.exists(workdir)
 
 

@@ -23,3 +23,31 @@ def data_overrides(folder: str) -> list[str]:
 def run_train(workdir: str, *overrides: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
   return subprocess.run(train_command(workdir, *overrides, **kwargs), cwd=REPO, capture_output=True, text=True,
                         env={**os.environ, **(env or {})}, timeout=300)
+
+
+def write_tiny_inputs(folder: str, num_prompts: int = 4, seed: int = 0) -> None:
+  """prompts.txt and an ODE-pair folder for configs/ode_init.py:tiny: straight flow trajectories
+  x_i = (1 - sigma_i) x0 + sigma_i eps kept at the tiny config's timesteps (what a perfect teacher of
+  the flow gives), one record per prompt."""
+  import numpy as np
+
+  from configs import ode_init
+  from hybrid_forcing_jax import flow
+  from hybrid_forcing_jax.config import tiny_config
+  from hybrid_forcing_jax.training.data.ode_pairs import OdePairWriter
+
+  c = ode_init.get_config("tiny")
+  prompts = [f"tiny prompt number {i}" for i in range(num_prompts)]
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "prompts.txt"), "w") as f:
+    f.write("\n".join(prompts) + "\n")
+  sigmas = flow.euler_sigmas(c.ode_pairs.num_steps, c.ode_pairs.shift)[list(c.ode_pairs.keep)]
+  writer = OdePairWriter(os.path.join(folder, "ode_pairs"), {"test": "tiny"}, num_prompts=num_prompts,
+                         records_per_shard=c.ode_pairs.records_per_shard, timesteps=sigmas * flow.NUM_TRAIN_TIMESTEPS)
+  rng = np.random.default_rng(seed)
+  shape = (c.data.num_frames, *c.data.latent_hw, tiny_config().in_dim)
+  for shard in range(writer.num_shards):
+    with writer.open_shard(shard) as w:
+      for i in writer.shard_range(shard):
+        x0, eps = rng.standard_normal(shape), rng.standard_normal(shape)
+        w.write(prompts[i], i, np.stack([(1 - s) * x0 + s * eps for s in sigmas]))

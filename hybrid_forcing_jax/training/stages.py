@@ -11,8 +11,12 @@ import os
 from typing import Callable
 
 import grain
+import numpy as np
 
 from hybrid_forcing_jax.training.config import ConfigError, RunConfig
+from hybrid_forcing_jax.training.data.ode_pairs import ode_pair_dataset, read_manifest
+from hybrid_forcing_jax.training.data.prompts import PromptEmbeddings, read_prompts
+from hybrid_forcing_jax.training.losses.ode import ode_regression_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +26,7 @@ class Stage:
 
 
 def check_inputs(run: RunConfig) -> None:
-  """Refuse a missing input before the run writes anything."""
-  from hybrid_forcing_jax.training.data.prompts import read_prompts
+  """Refuse a missing or mismatched input before the run writes anything."""
   try:
     read_prompts(run.data.prompts)
   except (OSError, ValueError) as e:
@@ -33,14 +36,21 @@ def check_inputs(run: RunConfig) -> None:
     if not os.path.isdir(folder):
       raise ConfigError(f"config.data.ode_pairs: ODE-pair folder {folder!r} does not exist "
                         "(make it with python -m hybrid_forcing_jax.make_ode_pairs --config=...)")
+    try:
+      stored = read_manifest(folder)["timesteps"][:-1]
+    except OSError as e:
+      raise ConfigError(f"config.data.ode_pairs: {e}") from None
+    student = run.stream.timesteps()
+    if len(stored) != len(student) or not np.allclose(stored, student, atol=1e-3):
+      raise ConfigError(f"config.data.ode_pairs: {folder!r} holds trajectory points at t = "
+                        f"{np.round(stored, 2).tolist()}, the student's timesteps are {np.round(student, 2).tolist()}")
 
 
 def ode_init(run: RunConfig, model) -> Stage:
-  from hybrid_forcing_jax.training.data.ode_pairs import ode_pair_dataset
-  from hybrid_forcing_jax.training.losses.ode import ode_regression_loss
+  embeddings = PromptEmbeddings(read_prompts(run.data.prompts), run.text, progress=True)
   loss = functools.partial(ode_regression_loss, model=model, chunk_frames=run.stream.chunk_frames,
                            denoising_timesteps=tuple(float(t) for t in run.stream.timesteps()))
-  return Stage(dataset=ode_pair_dataset(run), loss_fn=loss)
+  return Stage(dataset=ode_pair_dataset(run.data.ode_pairs, embeddings, seed=run.data.seed), loss_fn=loss)
 
 
 STAGES = {"ode_init": ode_init}

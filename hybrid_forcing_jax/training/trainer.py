@@ -14,6 +14,7 @@ from typing import Callable
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hybrid_forcing_jax.training import builders, checkpointing, metrics, optim, sharding, stages, steps
 from hybrid_forcing_jax.training.config import ConfigError, RunConfig, parse
@@ -72,7 +73,7 @@ class Job:
     stage = stages.STAGES[run.stage](run, model)
     optimizer = optim.make_optimizer(run.optim)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                       ema=params, rng=jax.random.key_data(jax.random.key(run.train.seed)))
+                       ema=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(jax.random.key(run.train.seed)))
     state_shardings = sharding.train_state_shardings(self.mesh, optimizer, state)
     batch_sharding = sharding.batch_sharding(self.mesh)
     train_step = steps.make_train_step(stage.loss_fn, optimizer, ema_decay=run.optim.ema_decay,
@@ -95,6 +96,8 @@ class Job:
     start = int(state.step)
     if start:
       print(f"train: resuming from step {start} ({self.workdir})", flush=True)
+    # From host memory: a buffer of its own, not one of the state's (which each step donates).
+    base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state.rng)))
     log = metrics.MetricsLog(self.workdir, start_step=start, total_steps=t.steps)
     tick, ticked_step = time.perf_counter(), start
     step = start
@@ -106,7 +109,7 @@ class Job:
           print(f"train: stopped by SIGTERM at step {step}; saved, resume with the same command", flush=True)
           return False
         batch = jax.make_array_from_process_local_data(parts.batch_sharding, next(batches))
-        state, step_metrics = parts.step_fn(state, batch, jax.random.wrap_key_data(state.rng))
+        state, step_metrics = parts.step_fn(state, batch, base_key)
         step += 1
         log.advance()
         if step % t.log_every == 0 or step == t.steps:
