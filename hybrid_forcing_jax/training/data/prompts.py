@@ -53,7 +53,7 @@ def text_encoder(text_cfg) -> tuple[TextEncoder, Callable[[Sequence[str]], tuple
   text_len = int(text_cfg.text_len)
   if not text_cfg.encoder:
     config = tiny_umt5_config(vocab_size=tok.BYTE_TOKENIZER_VOCAB)
-    params = init_params(config, jax.random.key(TINY_ENCODER_SEED), param_dtype=jnp.float32)
+    params = jax.jit(lambda k: init_params(config, k, param_dtype=jnp.float32))(jax.random.key(TINY_ENCODER_SEED))
     return (TextEncoder(config, params, dtype=jnp.float32, text_len=text_len),
             lambda prompts: tok.byte_tokenize(prompts, text_len))
   encoder = TextEncoder.from_checkpoint(text_cfg.encoder, text_cfg.tokenizer, text_len=text_len)
