@@ -41,7 +41,8 @@ def ode_problem(batch: int, dtype=jnp.bfloat16, remat: str = "none", lr: float =
   params = dit.init_params(CONFIG, jax.random.key(0), param_dtype=jnp.float32)
   tx = optim.make_optimizer(ml_collections.ConfigDict(dict(
       lr=lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=10.0, warmup_steps=0, grad_accum=1)))
-  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema=params, rng=jax.random.key(1))
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema=optim.init_ema(params),
+                     rng=jax.random.key(1))
   return loss_fn, tx, state, dit.param_shapes(CONFIG, dtype)
 
 

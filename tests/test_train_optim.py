@@ -28,7 +28,8 @@ def run(cfg, scales, *, ema_decay=0.5, ema_start=0, w0=None):
   """Train the quadratic through steps.make_train_step; -> (params per step, ema per step, metrics per step)."""
   tx = optim.make_optimizer(cfg)
   params = {"w": jnp.zeros(4, jnp.float32) if w0 is None else jnp.asarray(w0)}
-  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema=params, rng=jax.random.key(0))
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), ema=optim.init_ema(params),
+                     rng=jax.random.key(0))
   step = jax.jit(steps.make_train_step(quadratic_loss, tx, ema_decay=ema_decay, ema_start=ema_start,
                                        compute_dtype=jnp.float32))
   ws, emas, metrics = [], [], []

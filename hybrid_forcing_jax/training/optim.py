@@ -67,6 +67,12 @@ def update_progress(opt_state, calls_done):
   return jnp.bool_(True), calls_done
 
 
+def init_ema(params):
+  """The EMA before any update: a float32 copy of the weights in buffers of its own (the jitted step
+  donates the train state, and one buffer cannot be donated twice)."""
+  return jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params)
+
+
 def ema_update(ema, params, step, decay: float, start: int):
   """The float32 EMA after update number `step` (0-based) produced `params`.
 
