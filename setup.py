@@ -13,7 +13,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=find_packages(include=["hybrid_forcing_jax*", "kernels*", "convert*"]),
+    # configs: the run configs that `sample` (and `train`) import as their defaults.
+    packages=find_packages(include=["hybrid_forcing_jax*", "kernels*", "convert*", "configs"]),
     install_requires=requirements,
     extras_require={
         # Reading PyTorch `.pt` checkpoints (Self-Forcing / Hybrid Forcing, Wan's VAE and umT5) needs torch.

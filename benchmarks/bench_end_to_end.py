@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import json
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ from hybrid_forcing_jax.config import WAN_1_3B
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.dit import init_params as init_dit_params
 from hybrid_forcing_jax.pipeline import StreamingPipeline, to_uint8, builtin_random
-from hybrid_forcing_jax.streaming.config import HYBRID, SELF_FORCING
+from hybrid_forcing_jax.streaming.config import from_config
 from hybrid_forcing_jax.streaming.sampler import jitted_phases, start
 from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder
 from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
@@ -74,7 +75,7 @@ def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw, mp4
   writer = None
   if mp4:
     from hybrid_forcing_jax.video_writer import Mp4Writer
-    writer = Mp4Writer(mp4, hw[1], hw[0], fps=16)
+    writer = Mp4Writer(mp4, hw[1], hw[0], fps=16, overwrite=True)   # a scratch file, one per setting
   t0 = time.perf_counter()
   stamps = []
   for _, frames in pipe.frames([(0, prompt)], height=hw[0], width=hw[1], seed=0, num_chunks=num_chunks):
@@ -156,7 +157,7 @@ def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
 
 
 def run_setting(name: str, args):
-  cfg = HYBRID if name == "hybrid" else SELF_FORCING
+  cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)   # configs/<setting>.py
   if cfg.sparse_ratio is not None:
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
   pipe = builtin_random(cfg) if args.tiny else full_size_pipeline(cfg)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import statistics
 import subprocess
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 from hybrid_forcing_jax.config import WAN_1_3B, tiny_config
 from hybrid_forcing_jax.dit import WanDiT, init_params
 from hybrid_forcing_jax.streaming import positions
-from hybrid_forcing_jax.streaming.config import HYBRID, SELF_FORCING
+from hybrid_forcing_jax.streaming.config import from_config
 from hybrid_forcing_jax.streaming.hybrid_attention import linear_readout, stream_attention
 from hybrid_forcing_jax.streaming.sampler import jitted_step, start, stream_forward
 from hybrid_forcing_jax.streaming.state import commit_chunk, state_bytes
@@ -63,7 +64,7 @@ def timed(fn, *args, iters=5):
 
 
 def run_setting(name: str, args):
-  cfg = HYBRID if name == "hybrid" else SELF_FORCING
+  cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)   # configs/<setting>.py
   import dataclasses
   if cfg.sparse_ratio is not None:
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)

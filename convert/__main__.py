@@ -3,11 +3,15 @@
   python -m convert --src=PATH --out=FOLDER [--model=dit] [--format=auto] [--weights=ema] [--expect=wan_1_3b]
 
 The folder gets `model.safetensors` (canonical names) and `config.json` (the architecture, inferred
-from the tensor shapes). Load it with `hybrid_forcing_jax.checkpoint.load_checkpoint`.
+from the tensor shapes). Load it with `hybrid_forcing_jax.checkpoint.load_checkpoint`. Exit statuses:
+hybrid_forcing_jax/cli.py (2: a bad flag or checkpoint, named in one line).
 """
-from absl import app, flags
+from __future__ import annotations
+
+from absl import flags
 
 from convert import registry
+from hybrid_forcing_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "PyTorch checkpoint: .safetensors, .safetensors.index.json, .pt or .pth")
@@ -22,9 +26,7 @@ flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Storage dtype o
 flags.mark_flags_as_required(["src", "out"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv) -> int:
   options = dict(source_format=FLAGS.format, dtype=FLAGS.dtype)
   dit_only = dict(weights=FLAGS.weights, num_heads=FLAGS.num_heads, expect=FLAGS.expect)
   if FLAGS.model == "dit":
@@ -32,13 +34,16 @@ def main(argv):
   else:
     given = [f"--{k}" for k in dit_only if FLAGS[k].present]
     if given:
-      raise app.UsageError(f"{', '.join(given)} only apply to --model=dit")
+      raise cli.BadInput(f"{', '.join(given)} only apply to --model=dit")
   try:
     config = registry.CONVERTERS[FLAGS.model](FLAGS.src, FLAGS.out, **options)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    raise SystemExit(f"convert: error: {e}")
+  except (ValueError, FileNotFoundError) as e:
+    raise cli.BadInput(str(e)) from None
+  except ImportError as e:   # torch, for .pt files
+    raise cli.RunFailed(str(e)) from None
   print(f"wrote {FLAGS.out} ({FLAGS.model}): {config.to_json()}")
+  return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "convert")

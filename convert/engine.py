@@ -78,6 +78,15 @@ def canonical_names(source: TensorSource, table: Table) -> dict[str, str]:
   return renamed
 
 
+def check_num_layers(src: str, found: int, config_json: str, declared: dict) -> None:
+  """A checkpoint that lacks whole trailing layers has consecutive block indices, so its shapes alone
+  look like a shallower model; the `num_layers` of a config.json beside it tells the difference."""
+  want = declared.get("num_layers")
+  if want is not None and want != found:
+    raise ValueError(f"{src}: holds {found} layers, but {config_json} says num_layers={want} (an incomplete "
+                     "checkpoint, or a config.json of another model)")
+
+
 def split_layer(name: str, stacked_prefixes: Iterable[str]) -> tuple[str, int | None]:
   """'blocks.7.self_attn.q.weight' -> ('blocks.self_attn.q.weight', 7) for stacked prefix 'blocks'."""
   for prefix in stacked_prefixes:

@@ -5,12 +5,16 @@
   checkpoints (Self-Forcing, Hybrid Forcing) hold state dicts under container keys such as
   `generator_ema` and `generator`, picked with `container=`.
 
-Every reader raises a ValueError naming the file for a missing, corrupt or truncated file.
+Every reader raises a ValueError naming the file for a missing, corrupt or truncated file, and for a
+pickle that asks to import or call anything but tensors and plain containers: such a file is refused
+for safety, since unpickling it could run code.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from typing import Iterable
 
 import ml_dtypes
@@ -105,10 +109,7 @@ class TorchSource(TensorSource):
     except ImportError:
       raise ImportError("reading PyTorch .pt/.pth checkpoints needs torch: pip install 'hybrid_forcing_jax[torch]'") from None
     self.path = path
-    try:
-      obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged zip or pickle
-      raise ValueError(f"{path}: cannot load as a PyTorch checkpoint (corrupt or truncated?): {e}") from None
+    obj = _torch_load(torch, path)
     if container is not None:
       if not isinstance(obj, dict) or container not in obj:
         present = sorted(k for k in obj if isinstance(obj.get(k), dict)) if isinstance(obj, dict) else []
@@ -135,6 +136,33 @@ class TorchSource(TensorSource):
     return t.numpy()
 
 
+_ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive (since torch 1.6)
+_PICKLE_MAGIC = b"\x80"       # ... before that, bare pickles
+
+
+def _torch_load(torch, path: str):
+  with open(path, "rb") as f:
+    head = f.read(len(_ZIP_MAGIC))
+  if not head:
+    raise ValueError(f"{path}: is empty, not a PyTorch checkpoint")
+  if head.startswith(_PICKLE_MAGIC):
+    raise ValueError(f"{path}: is in PyTorch's legacy (before 1.6) format, which cannot be read tensor by tensor; "
+                     "re-save it with torch.save from a current torch")
+  if head != _ZIP_MAGIC:
+    raise ValueError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)")
+  try:
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+  except pickle.UnpicklingError as e:
+    if "Weights only load failed" not in str(e):
+      raise ValueError(f"{path}: cannot load as a PyTorch checkpoint (corrupt or truncated?)") from None
+    name = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f"import or call {name.group(1)!r}" if name else "build an object"
+    raise ValueError(f"{path}: refused for safety: the file asks to {what}, which is not a tensor or a plain "
+                     "container, and loading it could run code") from None
+  except Exception as e:  # torch raises many types for a damaged zip
+    raise ValueError(f"{path}: cannot load as a PyTorch checkpoint (corrupt or truncated?): {e}") from None
+
+
 class RenamedSource(TensorSource):
   """A view of another source under rewritten names; two names that collide are an error."""
 
@@ -159,6 +187,20 @@ class RenamedSource(TensorSource):
 
   def original_name(self, key: str) -> str:
     return self._names[key]
+
+
+def neighbour_json(path: str) -> tuple[str, dict]:
+  """(path, contents) of the `config.json` beside a checkpoint file; {} when there is none or it is
+  not a JSON object."""
+  candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+  if not os.path.isfile(candidate):
+    return candidate, {}
+  with open(candidate) as f:
+    try:
+      cfg = json.load(f)
+    except json.JSONDecodeError:
+      return candidate, {}
+  return candidate, cfg if isinstance(cfg, dict) else {}
 
 
 def open_source(path: str, container: str | None = None, containers: Iterable[str] = ()) -> TensorSource:

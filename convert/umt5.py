@@ -13,14 +13,11 @@ beside the weights, else umT5's values (128, 1e-6).
 """
 from __future__ import annotations
 
-import json
-import os
-
 import jax.numpy as jnp
 import numpy as np
 
-from convert.engine import Rule, Table, canonical_names, stack
-from convert.sources import TensorSource, open_source
+from convert.engine import Rule, Table, canonical_names, check_num_layers, stack
+from convert.sources import TensorSource, neighbour_json, open_source
 from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
 from hybrid_forcing_jax.text_encoder import UMT5Config, param_shapes
 
@@ -85,25 +82,19 @@ def detect_format(source: TensorSource) -> str:
                    f"(e.g. {sorted(keys)[:5]})")
 
 
-def neighbour_config(path: str) -> dict:
-  """transformers writes config.json beside model.safetensors; it names what the shapes do not."""
-  candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-  if not os.path.isfile(candidate):
-    return {}
-  with open(candidate) as f:
-    try:
-      cfg = json.load(f)
-    except json.JSONDecodeError:
-      return {}
-  if not isinstance(cfg, dict) or "d_model" not in cfg:
-    return {}  # not a transformers T5-family config
+def neighbour_config(path: str) -> tuple[str, dict]:
+  """transformers writes config.json beside model.safetensors; it names what the shapes do not, and the
+  layer count the shapes must match."""
+  candidate, cfg = neighbour_json(path)
+  if "d_model" not in cfg:
+    return candidate, {}  # not a transformers T5-family config (Wan's folder holds the DiT's)
   if cfg.get("model_type") not in (None, "umt5"):
     raise ValueError(f"{candidate}: model_type is {cfg['model_type']!r}, not 'umt5' (T5 shares one position "
                      "bias across layers; umT5 has one per layer)")
   if cfg.get("feed_forward_proj", "gated-gelu") != "gated-gelu":
     raise ValueError(f"{candidate}: feed_forward_proj is {cfg['feed_forward_proj']!r}; only umT5's "
                      "'gated-gelu' is supported")
-  return cfg
+  return candidate, cfg
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]], hf_config: dict) -> UMT5Config:
@@ -138,8 +129,9 @@ def convert_umt5(src: str, out_dir: str, *, source_format: str = "auto", dtype: 
   if fmt == "transformers":
     source = _WithoutTiedCopy(source)
   names = canonical_names(source, TABLES[fmt])
-  hf_config = neighbour_config(src) if fmt == "transformers" else {}
+  config_json, hf_config = neighbour_config(src) if fmt == "transformers" else ("", {})
   config = infer_config({c: source.shape(s) for c, s in names.items()}, hf_config)
+  check_num_layers(src, config.num_layers, config_json, hf_config)
   # Matmul weights and the token embedding in `dtype`; norms and position-bias tables stay float32.
   expected = flatten(param_shapes(config, param_dtype=jnp.dtype(dtype)))
   flat = stack(source, names, expected, ("blocks",), progress=progress)

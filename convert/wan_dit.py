@@ -10,14 +10,12 @@ Formats (one table each):
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import jax.numpy as jnp
 
-from convert.engine import Rule, Table, canonical_names, rules, stack
-from convert.sources import RenamedSource, TensorSource, open_source
+from convert.engine import Rule, Table, canonical_names, check_num_layers, rules, stack
+from convert.sources import RenamedSource, TensorSource, neighbour_json, open_source
 from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
 from hybrid_forcing_jax.config import PRESETS, WanConfig
 from hybrid_forcing_jax.dit import param_shapes
@@ -102,6 +100,9 @@ def infer_config(shapes: dict[str, tuple[int, ...]], num_heads: int | None = Non
   has_linear_proj = "blocks.0.self_attn.linear_proj.weight" in shapes
   if num_heads is None:
     head_dim = shapes["blocks.0.self_attn.linear_proj.weight"][0] if has_linear_proj else 128
+    if dim % head_dim:
+      raise ValueError(f"cannot infer the number of attention heads: dim {dim} is not a multiple of the head "
+                       f"size {head_dim}, and no config.json beside the checkpoint names them; pass --num_heads")
     num_heads = dim // head_dim
   return WanConfig(
       dim=dim, ffn_dim=need("blocks.0.ffn.0.weight")[0], num_heads=num_heads, num_layers=len(layers),
@@ -109,19 +110,11 @@ def infer_config(shapes: dict[str, tuple[int, ...]], num_heads: int | None = Non
       freq_dim=need("time_embedding.0.weight")[1], patch_size=tuple(patch), linear_proj=has_linear_proj)
 
 
-def heads_from_neighbour_config(path: str) -> int | None:
-  """Wan and diffusers folders keep a config.json beside the weights that names the head count."""
-  candidate = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-  if not os.path.isfile(candidate):
-    return None
-  with open(candidate) as f:
-    try:
-      cfg = json.load(f)
-    except json.JSONDecodeError:
-      return None
-  return cfg.get("num_heads", cfg.get("num_attention_heads"))
-
-
+def neighbour_config(path: str) -> tuple[str, dict]:
+  """Wan and diffusers folders keep a config.json beside the weights: it names the head count (no
+  shape shows it) and the layer count (which the shapes must match)."""
+  where, cfg = neighbour_json(path)
+  return (where, {}) if "d_model" in cfg else (where, cfg)   # d_model: a transformers text encoder's
 def convert_dit(src: str, out_dir: str, *, source_format: str = "auto", weights: str = "ema",
                 num_heads: int | None = None, expect: str | None = None, dtype: str = "bfloat16",
                 progress: bool = True) -> WanConfig:
@@ -141,8 +134,10 @@ def convert_dit(src: str, out_dir: str, *, source_format: str = "auto", weights:
     source = open_source(src, containers=TRAINING_CONTAINERS)
     table = TABLES[detect_format(source) if source_format == "auto" else source_format]
   names = canonical_names(source, table)
+  config_json, declared = neighbour_config(src)
   config = infer_config({c: source.shape(s) for c, s in names.items()},
-                        num_heads or heads_from_neighbour_config(src))
+                        num_heads or declared.get("num_heads", declared.get("num_attention_heads")))
+  check_num_layers(src, config.num_layers, config_json, declared)
   if expect is not None:
     if expect not in PRESETS:
       raise ValueError(f"--expect must be one of {sorted(PRESETS)}, got {expect!r}")

@@ -87,7 +87,11 @@ def save_checkpoint(folder: str, kind_name: str, config, flat_params: dict[str, 
   check_params(flat_params, expected_shapes(kind, config), where=f"saving {kind_name}")
   os.makedirs(folder, exist_ok=True)
   tmp = os.path.join(folder, WEIGHTS_FILE + ".tmp")
+  # safetensors replaces its file by one of mode 0600: keep the mode that the user's umask gives a new file.
+  open(tmp, "wb").close()
+  mode = os.stat(tmp).st_mode & 0o777
   save_file({k: np.ascontiguousarray(v) for k, v in flat_params.items()}, tmp)
+  os.chmod(tmp, mode)
   os.replace(tmp, os.path.join(folder, WEIGHTS_FILE))
   meta = {"format_version": FORMAT_VERSION, "model": kind_name, "config": config.to_dict()}
   with open(os.path.join(folder, CONFIG_FILE), "w") as f:

@@ -8,10 +8,12 @@
 Each chunk (3 latent frames = 12 video frames, 9 for the first) is decoded by the streaming VAE and
 appended to the fragmented MP4 at once: the file can be watched while it grows, memory stays flat
 however long the video, and Ctrl-C or a crash leaves a playable file of everything made so far.
-`--seconds=inf` streams until interrupted.
+`--seconds=inf` streams until interrupted. An existing output file is kept unless `--overwrite`; a run
+stopped before its first frame writes no file. Exit statuses: hybrid_forcing_jax/cli.py.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import resource
@@ -19,12 +21,25 @@ import sys
 import time
 import warnings
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from hybrid_forcing_jax import cli
+from hybrid_forcing_jax.cli import BadInput
+
+
+def _default_config() -> str | None:
+  """configs/hybrid.py, found as the installed module `configs.hybrid` (editable or not)."""
+  try:
+    spec = importlib.util.find_spec("configs.hybrid")
+  except ImportError:
+    return None
+  return spec.origin if spec else None
+
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(__file__), "..", "configs", "hybrid.py"),
-                                "Streaming setting: configs/hybrid.py or configs/self_forcing.py")
+cli.define_config_flag("config", _default_config(),
+                       "Streaming setting: configs/hybrid.py (default) or configs/self_forcing.py", "sample")
 flags.DEFINE_string("prompt", "a red fox running through fresh snow, cinematic", "The prompt")
 flags.DEFINE_string("prompts_file", None, "A file with one prompt per line: one video each (output_000.mp4, ...)")
 flags.DEFINE_string("prompt_schedule", None, "Switch prompts mid-stream: 'SECONDS:PROMPT;SECONDS:PROMPT', "
@@ -33,6 +48,7 @@ flags.DEFINE_float("seconds", None, "Video length in seconds (16 fps); 'inf' str
 flags.DEFINE_integer("num_frames", None, "Video length in frames (instead of --seconds)")
 flags.DEFINE_integer("seed", 0, "Random seed")
 flags.DEFINE_string("output", "sample.mp4", "Output MP4 path")
+flags.DEFINE_boolean("overwrite", False, "Replace existing output files (once the first frame is ready)")
 flags.DEFINE_integer("width", None, "Width in pixels, a multiple of 16 (default 832; built-in model 128)")
 flags.DEFINE_integer("height", None, "Height in pixels, a multiple of 16 (default 480; built-in model 128)")
 flags.DEFINE_string("dit", None, "Converted DiT folder (python -m convert --model=dit)")
@@ -52,10 +68,6 @@ FPS = 16
 BUILTIN_SECONDS = 2.0
 
 
-class UsageError(Exception):
-  """Bad input: printed as one line, exit status 2."""
-
-
 def parse_schedule(text: str) -> list[tuple[float, str]]:
   entries = []
   for part in text.split(";"):
@@ -65,25 +77,25 @@ def parse_schedule(text: str) -> list[tuple[float, str]]:
     try:
       at = float(seconds)
     except ValueError:
-      raise UsageError(f"--prompt_schedule: {part!r} is not SECONDS:PROMPT") from None
+      raise BadInput(f"--prompt_schedule: {part!r} is not SECONDS:PROMPT") from None
     if not sep or not prompt.strip():
-      raise UsageError(f"--prompt_schedule: empty prompt in {part!r}")
+      raise BadInput(f"--prompt_schedule: empty prompt in {part!r}")
     entries.append((at, prompt.strip()))
   if not entries or entries[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(entries, entries[1:])):
-    raise UsageError("--prompt_schedule: times must start at 0 and increase")
+    raise BadInput("--prompt_schedule: times must start at 0 and increase")
   return entries
 
 
 def requested_frames() -> float:
   if FLAGS.seconds is not None and FLAGS.num_frames is not None:
-    raise UsageError("give --seconds or --num_frames, not both")
+    raise BadInput("give --seconds or --num_frames, not both")
   if FLAGS.num_frames is not None:
     frames = FLAGS.num_frames
   else:
     seconds = BUILTIN_SECONDS if FLAGS.seconds is None else FLAGS.seconds
     frames = seconds * FPS if math.isfinite(seconds) else math.inf
   if not frames > 0:
-    raise UsageError(f"the video length must be positive, got {frames} frames")
+    raise BadInput(f"the video length must be positive, got {frames} frames")
   return frames
 
 
@@ -96,33 +108,44 @@ def check_size(builtin: bool) -> tuple[int, int]:
   height = FLAGS.height if FLAGS.height is not None else (128 if builtin else 480)
   for name, size in (("width", width), ("height", height)):
     if size <= 0 or size % 16:
-      raise UsageError(f"--{name}={size} must be a positive multiple of 16")
+      raise BadInput(f"--{name}={size} must be a positive multiple of 16")
   return width, height
 
 
-def build_pipeline():
-  from hybrid_forcing_jax import pipeline
+def stream_config():
   from hybrid_forcing_jax.streaming.config import from_config
-  stream = from_config(FLAGS.config.stream)
+  if FLAGS.config is None:
+    raise BadInput("the default config `configs.hybrid` is not importable (another package named 'configs' "
+                   "comes first?); pass --config=PATH")
+  if "stream" not in FLAGS.config:
+    raise BadInput(f"--config={config_flags.get_config_filename(FLAGS['config'])} has no 'stream' section")
+  try:
+    return from_config(FLAGS.config.stream)
+  except (TypeError, ValueError) as e:
+    raise BadInput(f"--config: stream: {e}") from None
+
+
+def build_pipeline(stream):
+  from hybrid_forcing_jax import pipeline
   given = {k: getattr(FLAGS, k) for k in ("dit", "vae", "text_encoder", "tokenizer")}
   if not any(given.values()):
     return pipeline.builtin_random(stream, FLAGS.seed)
   missing = [f"--{k}" for k, v in given.items() if not v]
   if missing:
-    raise UsageError(f"a trained model needs --dit, --vae, --text_encoder and --tokenizer; missing {missing}")
+    raise BadInput(f"a trained model needs --dit, --vae, --text_encoder and --tokenizer; missing {missing}")
   for key in ("dit", "vae", "text_encoder", "tokenizer"):
     if not os.path.isdir(given[key]):
-      raise UsageError(f"--{key}={given[key]!r} is not a folder")
+      raise BadInput(f"--{key}={given[key]!r} is not a folder")
   try:
     return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend, **given)
   except (ValueError, FileNotFoundError, OSError) as e:
-    raise UsageError(f"cannot load the model: {e}") from None
+    raise BadInput(f"cannot load the model: {e}") from None
 
 
 def prompts_to_run() -> list[tuple[str, list[tuple[float, str]]]]:
   """(output path, schedule in seconds) per video."""
   if FLAGS.prompts_file and FLAGS.prompt_schedule:
-    raise UsageError("--prompts_file and --prompt_schedule cannot be combined")
+    raise BadInput("--prompts_file and --prompt_schedule cannot be combined")
   if FLAGS.prompt_schedule:
     return [(FLAGS.output, parse_schedule(FLAGS.prompt_schedule))]
   if FLAGS.prompts_file:
@@ -130,32 +153,37 @@ def prompts_to_run() -> list[tuple[str, list[tuple[float, str]]]]:
       with open(FLAGS.prompts_file) as f:
         lines = [line.strip() for line in f if line.strip()]
     except OSError as e:
-      raise UsageError(f"--prompts_file: {e}") from None
+      raise BadInput(f"--prompts_file: {e}") from None
     if not lines:
-      raise UsageError(f"--prompts_file {FLAGS.prompts_file!r} holds no prompt")
+      raise BadInput(f"--prompts_file {FLAGS.prompts_file!r} holds no prompt")
     stem, ext = os.path.splitext(FLAGS.output)
     return [(f"{stem}_{i:03d}{ext or '.mp4'}", [(0.0, p)]) for i, p in enumerate(lines)]
   if not FLAGS.prompt.strip():
-    raise UsageError("--prompt is empty")
+    raise BadInput("--prompt is empty")
   return [(FLAGS.output, [(0.0, FLAGS.prompt.strip())])]
 
 
 def generate(pipe, path: str, schedule, total_frames: float, width: int, height: int, *, seed: int = 0,
-             recache: bool = True) -> dict:
-  """Stream one video into the MP4 at `path`; returns its summary (frames, wall time, FPS, ...)."""
+             recache: bool = True, overwrite: bool = False) -> dict:
+  """Stream one video into the MP4 at `path`; returns its summary (frames, wall time, FPS, ...). Ctrl-C
+  ends it early (`interrupted`); with no frame made by then, no file is written."""
   from tqdm import tqdm
 
   from hybrid_forcing_jax.video_writer import Mp4Writer
   chunk_schedule = [(_chunk_at(pipe, seconds), prompt) for seconds, prompt in schedule]
+  switches = {chunk: prompt for chunk, prompt in chunk_schedule if chunk > 0}
   chunks = None if math.isinf(total_frames) else pipe.chunks_for(int(total_frames))
-  writer = Mp4Writer(path, width, height, FPS)
+  writer = Mp4Writer(path, width, height, FPS, overwrite=overwrite)
   start = time.perf_counter()
   first_frame_s, first_frames = None, 0
   bar = tqdm(total=chunks, unit="chunk", desc=os.path.basename(path), dynamic_ncols=True)
   interrupted = False
   try:
-    for _, frames in pipe.frames(chunk_schedule, height=height, width=width, seed=seed, recache=recache,
-                                 num_chunks=chunks):
+    for index, frames in pipe.frames(chunk_schedule, height=height, width=width, seed=seed, recache=recache,
+                                     num_chunks=chunks):
+      if index in switches:
+        tqdm.write(f"prompt switch at {pipe.chunk_start_frame(index) / FPS:.2f} s of video: {switches[index]!r}",
+                   file=sys.stderr)
       keep = frames[: int(min(len(frames), total_frames - writer.frames))]
       writer.append(keep)
       if first_frame_s is None:
@@ -177,12 +205,12 @@ def generate(pipe, path: str, schedule, total_frames: float, width: int, height:
               fps_after_first=(writer.frames - first_frames) / later if later > 0 else None)
 
 
-def check_writable(path: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise UsageError(f"--output {path!r}: folder {folder!r} does not exist")
-  if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-    raise UsageError(f"--output {path!r} cannot be written (permission denied)")
+def check_output(path: str) -> None:
+  from hybrid_forcing_jax.video_writer import check_output_path
+  try:
+    check_output_path(path, overwrite=FLAGS.overwrite)
+  except ValueError as e:
+    raise BadInput(f"--output: {e}") from None
 
 
 def _chunk_at(pipe, seconds: float) -> int:
@@ -201,7 +229,7 @@ def use_compilation_cache(folder: str) -> None:
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
-    raise UsageError(f"--compilation_cache_dir={folder!r} cannot be created: {e}") from None
+    raise BadInput(f"--compilation_cache_dir={folder!r} cannot be created: {e}") from None
   jax.config.update("jax_compilation_cache_dir", folder)
 
 
@@ -213,17 +241,28 @@ def peak_memory_summary() -> str:
   return f"peak host memory {host:.2f} GiB" + (f", peak device memory {device / 2**30:.2f} GiB" if device else "")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def summary_line(summary: dict, width: int, height: int) -> str:
+  if not summary["frames"]:
+    return f"interrupted before the first frame of {summary['path']}: no file written"
+  note = " (interrupted)" if summary["interrupted"] else ""
+  after_first = summary["fps_after_first"]
+  return (f"wrote {summary['path']}{note}: {summary['frames']} frames = {summary['video_s']:.2f} s of video "
+          f"at {width}x{height}, wall {summary['wall_s']:.1f} s ({summary['fps']:.1f} FPS), first frame after "
+          f"{summary['first_frame_s'] or 0:.2f} s (compilation included)"
+          + (f", {after_first:.1f} FPS after it" if after_first else "") + f"; {peak_memory_summary()}")
+
+
+def main(argv) -> int:
+  total_frames = requested_frames()
+  videos = prompts_to_run()
+  width, height = check_size(using_builtin_model())
+  for path, _ in videos:
+    check_output(path)
+  stream = stream_config()
+  path = videos[0][0]
   try:
-    total_frames = requested_frames()
-    videos = prompts_to_run()
-    width, height = check_size(using_builtin_model())
-    for path, _ in videos:
-      check_writable(path)
     use_compilation_cache(FLAGS.compilation_cache_dir)
-    pipe = build_pipeline()
+    pipe = build_pipeline(stream)
     if pipe.random_weights:
       print("NOTE: no checkpoints given (--dit/--vae/--text_encoder/--tokenizer): running a tiny built-in model "
             "with RANDOM weights on this machine. The MP4 is real; its pictures are noise until you give a "
@@ -231,22 +270,17 @@ def main(argv):
     for path, schedule in videos:
       try:
         summary = generate(pipe, path, schedule, total_frames, width, height, seed=FLAGS.seed,
-                           recache=FLAGS.recache)
-      except (ValueError, OSError) as e:
-        raise UsageError(str(e)) from None
-      note = " (interrupted)" if summary["interrupted"] else ""
-      after_first = summary["fps_after_first"]
-      print(f"wrote {summary['path']}{note}: {summary['frames']} frames = {summary['video_s']:.2f} s of video "
-            f"at {width}x{height}, wall {summary['wall_s']:.1f} s ({summary['fps']:.1f} FPS), first frame after "
-            f"{summary['first_frame_s'] or 0:.2f} s (compilation included)"
-            + (f", {after_first:.1f} FPS after it" if after_first else "") + f"; {peak_memory_summary()}")
+                           recache=FLAGS.recache, overwrite=FLAGS.overwrite)
+      except OSError as e:   # the MP4 could not be written (ffmpeg's reason, a full disk)
+        raise cli.RunFailed(str(e)) from None
+      print(summary_line(summary, width, height), file=sys.stdout if summary["frames"] else sys.stderr)
       if summary["interrupted"]:
-        return 130
-  except UsageError as e:
-    print(f"sample: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+        return cli.EXIT_INTERRUPTED
+  except KeyboardInterrupt:   # before generate's own handling: loading, compiling, opening the file
+    print(f"interrupted before the first frame of {path}: no file written", file=sys.stderr)
+    return cli.EXIT_INTERRUPTED
+  return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, "sample")

@@ -1,8 +1,11 @@
-"""`python -m hybrid_forcing_jax.sample`: the out-of-the-box run writes a real MP4; bad input exits
-non-zero with a message naming the problem."""
+"""`python -m hybrid_forcing_jax.sample`: the out-of-the-box run writes a real MP4; bad input exits 2
+with one line naming the problem, before any work and without touching an existing file; Ctrl-C before
+the first frame leaves no file and exits 130."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import imageio
 import numpy as np
@@ -17,12 +20,22 @@ def run_sample(*args, timeout=600):
                         cwd=ROOT, env=env, timeout=timeout)
 
 
-def test_default_run_writes_playable_mp4(tmp_path):
+def hybrid_stream():
+  from configs import hybrid
+  from hybrid_forcing_jax.streaming.config import from_config
+  return from_config(hybrid.get_config().stream)
+
+
+def test_run_writes_playable_mp4_over_an_existing_file(tmp_path):
   out, cache = tmp_path / "fox.mp4", tmp_path / "xla_cache"
-  done = run_sample(f"--output={out}", "--num_frames=30", f"--compilation_cache_dir={cache}")
+  out.write_bytes(b"an older video")
+  done = run_sample(f"--output={out}", "--overwrite", "--num_frames=30", f"--compilation_cache_dir={cache}",
+                    "--prompt_schedule=0:a calm sea;1:a storm at sea")
   assert done.returncode == 0, done.stderr[-2000:]
   assert any(cache.iterdir()), "the compiled chunk step should be in the persistent cache"
   assert "RANDOM weights" in done.stderr
+  # The switch asked for at 1 s happens at the first chunk starting after it: frame 21 = 1.31 s.
+  assert "prompt switch at 1.31 s of video: 'a storm at sea'" in done.stderr
   reader = imageio.get_reader(str(out))
   meta = reader.get_meta_data()
   assert meta["fps"] == 16 and tuple(meta["size"]) == (128, 128)
@@ -37,13 +50,73 @@ def test_default_run_writes_playable_mp4(tmp_path):
     (["--num_frames=0"], "length must be positive"),
     (["--seconds=0"], "length must be positive"),
     (["--output=/nonexistent_dir/x.mp4"], "does not exist"),
+    (["--output=/tmp"], "'/tmp' is a folder"),
+    (["--output=video.avi"], "'video.avi' must end in .mp4"),
+    (["--output=/proc/x.mp4"], "'/proc/x.mp4' cannot be written"),
     (["--dit=/nonexistent"], "missing ['--vae', '--text_encoder', '--tokenizer']"),
     (["--prompt_schedule=5:late start"], "times must start at 0"),
+    (["--config=/nonexistent/hybrid.py"], "sample: error: --config=/nonexistent/hybrid.py: no such file"),
+    (["--config.stream.windw_frames=9"], "--config.stream.windw_frames: the config has no key 'windw_frames'"),
+    (["--config.stream.shift=fast"], "--config.stream.shift=fast"),
+    (["--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
+    (["a fox"], "unexpected arguments ['a fox']"),
 ])
-def test_bad_input_exits_nonzero(args, needle):
+def test_bad_input_exits_2_with_one_line(args, needle):
   done = run_sample(*args, timeout=120)
-  assert done.returncode != 0
+  assert done.returncode == 2, done.stderr[-1000:]
   assert needle in done.stderr, done.stderr[-1000:]
+  assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_existing_output_is_kept(tmp_path):
+  (tmp_path / "fox.mp4").write_bytes(b"the user's video")
+  done = run_sample(f"--output={tmp_path}/fox.mp4", timeout=120)
+  assert done.returncode == 2 and "fox.mp4' exists; pass --overwrite" in done.stderr
+  assert (tmp_path / "fox.mp4").read_bytes() == b"the user's video"
+  # --prompts_file: every output is checked before the first video is made.
+  (tmp_path / "prompts.txt").write_text("a fox\na storm\n")
+  (tmp_path / "fox_001.mp4").write_bytes(b"another video")
+  done = run_sample(f"--prompts_file={tmp_path}/prompts.txt", f"--output={tmp_path}/fox.mp4", timeout=120)
+  assert done.returncode == 2 and "fox_001.mp4' exists" in done.stderr
+  assert not (tmp_path / "fox_000.mp4").exists()
+
+
+class _InterruptedPipe:
+  """Stands in for the pipeline: Ctrl-C arrives while the first chunk is being made."""
+
+  def chunk_start_frame(self, index):
+    return 0 if index == 0 else 9 + 12 * (index - 1)
+
+  def chunks_for(self, num_frames):
+    return 3
+
+  def frames(self, *args, **kwargs):
+    raise KeyboardInterrupt
+    yield
+
+
+def test_interrupt_before_the_first_frame_writes_no_file(tmp_path):
+  from hybrid_forcing_jax import sample
+  out = tmp_path / "fox.mp4"
+  out.write_bytes(b"the user's video")
+  summary = sample.generate(_InterruptedPipe(), str(out), [(0.0, "a fox")], 30, 64, 64, overwrite=True)
+  assert summary["interrupted"] and summary["frames"] == 0
+  assert out.read_bytes() == b"the user's video"
+  assert sample.summary_line(summary, 64, 64) == f"interrupted before the first frame of {out}: no file written"
+
+
+def test_ctrl_c_in_the_first_seconds_exits_130_without_traceback(tmp_path):
+  """Ctrl-C while JAX starts and the model is built (before the first frame: no file, one line)."""
+  out = tmp_path / "fox.mp4"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "hybrid_forcing_jax.sample", f"--output={out}", f"--compilation_cache_dir={tmp_path}/c"],
+      stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  time.sleep(2)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr
+  assert "interrupted" in stderr and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+  assert not out.exists()
 
 
 def test_wrong_checkpoint_folder(tmp_path):
@@ -58,8 +131,7 @@ def test_wrong_checkpoint_folder(tmp_path):
 def test_prompt_schedule_switches_at_the_chunk_holding_that_time():
   from hybrid_forcing_jax import sample
   from hybrid_forcing_jax.pipeline import builtin_random
-  from hybrid_forcing_jax.streaming.config import HYBRID
-  pipe = builtin_random(HYBRID)
+  pipe = builtin_random(hybrid_stream())
   # chunk 0 = frames [0, 9), chunk 1 = [9, 21), chunk 2 = [21, 33) at 16 fps
   assert [pipe.chunk_start_frame(i) for i in range(4)] == [0, 9, 21, 33]
   schedule = sample.parse_schedule("0:a calm sea; 1.0:a storm;2.0:night")
@@ -77,9 +149,10 @@ def test_prompt_schedule_switches_at_the_chunk_holding_that_time():
 MEMORY_PROBE = """
 import json, resource, sys
 from hybrid_forcing_jax import sample
+from configs import hybrid
 from hybrid_forcing_jax.pipeline import builtin_random
-from hybrid_forcing_jax.streaming.config import HYBRID
-pipe = builtin_random(HYBRID)
+from hybrid_forcing_jax.streaming.config import from_config
+pipe = builtin_random(from_config(hybrid.get_config().stream))
 out = {}
 for chunks in (20, 200):
   frames = pipe.video_frames_of_chunk(0) + (chunks - 1) * pipe.video_frames_of_chunk(1)

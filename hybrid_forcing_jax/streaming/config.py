@@ -5,7 +5,8 @@ The frame-level definition (tests check against it), with chunk c = frames [F c,
   * softmax set of chunk c: sink frames [0, S) plus the most recent frames filling a window of W frames
     in all, the current chunk included; so R = W - S - F earlier non-sink frames ("ring" frames);
   * linear set: every non-sink frame that has left the softmax window, absorbed once when it leaves.
-ml_collections configs live in configs/hybrid.py and configs/self_forcing.py.
+The settings themselves (Hybrid Forcing's, Self-Forcing's) live in one place: the `stream` section of
+configs/hybrid.py and configs/self_forcing.py (`from_config(get_config().stream)`).
 """
 from __future__ import annotations
 
@@ -85,10 +86,6 @@ def cached_count(cfg: StreamConfig, frame: int) -> int:
   """Cached frames visible to the chunk starting at `frame` (Python ints; see positions.cached_frames)."""
   s, r = cfg.sink_frames, cfg.ring_frames
   return min(s, frame) + max(0, frame - max(s, frame - r))
-
-
-HYBRID = StreamConfig()
-SELF_FORCING = StreamConfig(sink_frames=0, window_frames=21, rope="absolute", linear=False, sparse_ratio=None)
 
 
 def from_config(d) -> StreamConfig:
