@@ -121,3 +121,23 @@ def test_bad_meshes_are_named():
   with pytest.raises(ValueError, match=r"'blocks.ffn.0.weight' of shape \(30, 8960, 1536\): axis 1 \(8960\) does "
                                        "not divide over mesh axes fsdp of size 3"):
     sharding.param_shardings(AbstractMesh((1, 3), sharding.AXES), dit.param_shapes(WAN_1_3B))
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"SLURM_NTASKS": "8"}, None),   # an allocation's batch script: one process
+    ({"SLURM_NTASKS": "8", "SLURM_PROCID": "3"}, ((), {})),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, ((), {})),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"},
+     (("10.0.0.1:1234",), {"num_processes": 4, "process_id": 2})),
+])
+def test_distributed_starts_only_for_several_processes(monkeypatch, env, expected):
+  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS", "SLURM_PROCID",
+              "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(key, raising=False)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *args, **kwargs: calls.append((args, kwargs)))
+  assert sharding.initialize_distributed() == (expected is not None)
+  assert calls == ([] if expected is None else [expected])

@@ -39,8 +39,9 @@ def initialize_distributed() -> bool:
   """Join the other processes of a multi-host run (before any other JAX call); True when it did.
 
   Only when the environment describes several processes: JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES
-  and JAX_PROCESS_ID, or a cluster JAX detects), a SLURM job step of several tasks, or an Open MPI job.
-  A single-process run does nothing, so the same command works on one GPU and on many hosts.
+  and JAX_PROCESS_ID, or a cluster JAX detects), an srun step of several SLURM tasks (SLURM_PROCID is set
+  inside srun only: a batch script of an allocation with several tasks is still one process), or an
+  Open MPI job. A single-process run does nothing, so the same command works on one GPU and on many hosts.
   """
   if jax.distributed.is_initialized():
     return True
@@ -51,7 +52,8 @@ def initialize_distributed() -> bool:
       kwargs = dict(num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env.get("JAX_PROCESS_ID", "0")))
     jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], **kwargs)
     return True
-  if int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+  srun_tasks = int(env.get("SLURM_NTASKS", "1")) if "SLURM_PROCID" in env else 1
+  if srun_tasks > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
     jax.distributed.initialize()   # JAX reads the SLURM / Open MPI variables itself
     return True
   return False
