@@ -63,9 +63,11 @@ def cli_flags(cfg) -> list[str]:
           f"--config.ode_pairs.records_per_shard={cfg.ode_pairs.records_per_shard}"]
 
 
-def run_cli(args):
+def run_cli(args, devices: int = 1):
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
   return subprocess.run([sys.executable, "-m", "hybrid_forcing_jax.make_ode_pairs", *args], cwd=REPO,
-                        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags})
 
 
 def shard_records(folder) -> list[list[dict]]:
@@ -111,14 +113,16 @@ def test_cli_writes_shards_that_ode_pair_dataset_reads(root, reference):
   assert [r["prompt"] for r in records] == PROMPTS
 
 
-def test_killed_run_resumes_to_the_same_records(root, reference):
+def test_killed_run_resumes_to_the_same_records_on_more_devices(root, reference):
   cfg = config(root, "resumed")
   done = sample_shards(prepare(cfg), max_shards=1)
   assert done["shards"] == 1 and sorted(os.listdir(root / "resumed")) == [
       "manifest.json", shard_name(0), shard_name(0) + ".done"]
   first = os.stat(root / "resumed" / shard_name(0))
   (root / "resumed" / (shard_name(1) + ".tmp")).write_bytes(b"half a shard")   # killed mid-shard
-  assert sample_shards(prepare(cfg))["shards"] == 2
+  # The rest on 2 devices, 2 prompts each (batches padded): the noise and the records do not change.
+  result = run_cli(cli_flags(cfg) + ["--batch_per_device=2"], devices=2)
+  assert result.returncode == 0 and "this run writes 2" in result.stderr, result.stderr
   assert os.stat(root / "resumed" / shard_name(0)).st_mtime_ns == first.st_mtime_ns   # skipped, not rewritten
   assert not (root / "resumed" / (shard_name(1) + ".tmp")).exists()
   for got, want in zip(shard_records(root / "resumed"), shard_records(root / "reference")):
