@@ -4,9 +4,10 @@ ffmpeg's own reason in one line."""
 import os
 import shutil
 
-import imageio
 import numpy as np
 import pytest
+
+imageio = pytest.importorskip("imageio")  # the test extra; without it this module is skipped
 
 from hybrid_forcing_jax.video_writer import Mp4Writer, check_output_path
 

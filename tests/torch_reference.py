@@ -1,7 +1,8 @@
 """Helpers for the PyTorch reference models of the parity tests."""
 from __future__ import annotations
 
-import torch
+import pytest
+torch = pytest.importorskip("torch")  # the test extra; without it this module is skipped
 
 
 def perturb_parameters(model: torch.nn.Module, scale: float) -> torch.nn.Module:
