@@ -87,9 +87,10 @@ def ema_update(ema, params, step, decay: float, start: int):
 def cast_for_compute(params, dtype):
   """The compute copy of the float32 master weights.
 
-  dtype: one dtype for every floating leaf, or a pytree of dtypes (or ShapeDtypeStructs) matching
-  params, e.g. `dit.param_shapes(config, jnp.bfloat16)`: the model's own storage dtypes, which keep
-  norms, modulation and the time embedding in float32 while matmul weights go to bfloat16.
+  dtype: a pytree of dtypes (or ShapeDtypeStructs) matching params, e.g. `dit.param_shapes(config,
+  jnp.bfloat16)`: the model's own storage dtypes, which keep norms, modulation and the time embedding in
+  float32 while matmul weights go to bfloat16 (so FSDP gathers bf16). Or one dtype for every floating
+  leaf: float32 leaves the cast to the model's matmuls; a single bfloat16 would round the norms too.
   Differentiating through the cast hands float32 gradients back to the masters.
   """
   def cast(p, d):
