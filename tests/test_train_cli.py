@@ -94,3 +94,14 @@ def test_command_line_help_and_flag_typo(tmp_path, inputs):
   result = run_train(str(tmp_path / "run"), *data_overrides(inputs), "--config.data.batchsize=2")
   assert result.returncode == 2, result.stderr
   assert "batchsize" in result.stderr.strip().splitlines()[-1]
+
+
+def test_pairs_at_other_timesteps(tmp_path, inputs):
+  """Pairs made at another shift (the peers' 8 against the schedule's 5) are refused, in the config and
+  in a folder's manifest."""
+  refused(tiny_config(inputs, ode_pairs__shift=8.0), str(tmp_path / "run"), "config.ode_pairs.keep", "960.0")
+  manifest = tmp_path / "ode_pairs" / "manifest.json"
+  meta = json.loads(manifest.read_text())
+  meta["timesteps"] = [1000.0, 960.0, 888.89, 727.27, 0.0]
+  manifest.write_text(json.dumps(meta))
+  refused(tiny_config(inputs), str(tmp_path / "run"), "config.data.ode_pairs", "960.0", "937.5")

@@ -13,9 +13,9 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from hybrid_forcing_jax import dit
 from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
@@ -84,7 +84,8 @@ def export_generator(workdir: str, step: int, config: WanConfig, params) -> str:
   storage dtypes as the converter writes them (bf16 matmul weights, fp32 norms and modulation)."""
   folder = os.path.join(workdir, EXPORT_DIR, f"{step:08d}")
   storage = flatten(dit.param_shapes(config))
-  flat = {name: np.asarray(jax.device_get(jnp.asarray(x, storage[name].dtype)))
+  # Gathered from every process (the EMA is sharded over the mesh); cast on the devices first.
+  flat = {name: np.asarray(multihost_utils.process_allgather(x.astype(storage[name].dtype), tiled=True))
           for name, x in flatten(params).items()}
   if jax.process_index() == 0:
     save_checkpoint(folder, "wan_dit", config, flat)
