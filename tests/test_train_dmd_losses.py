@@ -181,12 +181,16 @@ def test_dmd_with_dit_scores_reaches_neither_teacher_nor_critic():
   np.testing.assert_allclose(*guided_and_conditional(x, jnp.full(x.shape[:2], 500.0)), rtol=1e-5, atol=1e-5)
 
 
+def _posterior_gain(sigma, s):
+  """k = Cov(x0, x_t) / Var(x_t) for x0 ~ N(mu, s^2) and x_t = (1 - sigma) x0 + sigma eps."""
+  return (1 - sigma) * s ** 2 / ((1 - sigma) ** 2 * s ** 2 + sigma ** 2)
+
+
 def _gaussian_x0(mu, s):
-  """E[x0 | x_t] for x0 ~ N(mu, s^2) per channel and x_t = (1 - sigma) x0 + sigma eps."""
+  """The exact x0-predictor of N(mu, s^2) per channel: E[x0 | x_t] = mu + k (x_t - (1 - sigma) mu)."""
   def x0(x_t, t):
     sigma = _frames(t, jnp)
-    gain = (1 - sigma) * s ** 2 / ((1 - sigma) ** 2 * s ** 2 + sigma ** 2)
-    return mu + gain * (x_t - (1 - sigma) * mu)
+    return mu + _posterior_gain(sigma, s) * (x_t - (1 - sigma) * mu)
   return x0
 
 
@@ -197,12 +201,12 @@ def _folded_normal_mean(m, var):
 
 
 def test_dmd_step_moves_samples_toward_the_teacher_by_the_predicted_amount():
-  """Teacher = exact x0-predictor of the data N(mu_real, s^2); critic = that of the generator's samples
-  N(mu_fake, s^2). Then fake - real = delta * a(sigma), delta = mu_fake - mu_real and
-  a = sigma^2 / ((1 - sigma)^2 s^2 + sigma^2), and x - real = a (x - mu_real) - k sigma eps is normal, so
-  the normaliser concentrates on the mean of folded normals n(sigma). One step x <- x - lr * N * dloss/dx
-  (N elements) moves the samples of channel c by -lr delta_c a / normaliser: toward mu_real, by
-  -lr delta_c E_t[a / n] in expectation over DMD's t."""
+  """Teacher = the exact x0-predictor of the data N(mu_real, s^2); critic = that of the generator's samples
+  N(mu_fake, s^2). Then fake - real = a delta with delta = mu_fake - mu_real and a = 1 - k (1 - sigma),
+  and x - real = a (x - mu_real) - k sigma eps ~ N(a delta, a^2 s^2 + k^2 sigma^2) per element, so the
+  normaliser concentrates on n(sigma), the channels' mean of that folded normal's mean. One step
+  x <- x - lr N dloss/dx (N elements) moves channel c of a sample by -lr delta_c a / normaliser: toward
+  mu_real, by -lr delta_c E_t[a / n] in expectation over DMD's t."""
   s = 0.5
   mu_real = np.array([1.0, -1.0, 0.5, 0.0])
   mu_fake = np.array([0.0, 0.0, 0.0, 0.0])
@@ -216,9 +220,9 @@ def test_dmd_step_moves_samples_toward_the_teacher_by_the_predicted_amount():
   shift = np.asarray(-lr * x.size * dx, np.float64).mean(axis=(1, 2, 3))  # [B, C], per sample and channel
 
   def a_over_n(sigma):
-    gain = (1 - sigma) * s ** 2 / ((1 - sigma) ** 2 * s ** 2 + sigma ** 2)
-    a = 1 - gain * (1 - sigma)
-    var = a ** 2 * s ** 2 + (gain * sigma) ** 2
+    k = _posterior_gain(sigma, s)
+    a = 1 - k * (1 - sigma)
+    var = a ** 2 * s ** 2 + (k * sigma) ** 2
     return a / np.mean(_folded_normal_mean(a[..., None] * delta, var[..., None]), axis=-1)
 
   # Given each sample's t, the shift is the closed form to within the normaliser's sampling noise.
@@ -233,11 +237,11 @@ def test_dmd_step_moves_samples_toward_the_teacher_by_the_predicted_amount():
   expected = -lr * a_over_n(sigma).mean() * delta
   standard_error = shift.std(0) / np.sqrt(shape[0])
   assert np.all(np.abs(shift.mean(0) - expected) <= 4 * standard_error + 1e-12)
-  # Toward the teacher: every moved channel's mean gets closer to mu_real, by about 0.1 * 0.4 |delta|.
+  # Toward the teacher: every moved channel's mean gets closer to mu_real (by lr E[a / n] |delta|, with
+  # E[a / n] = 1.27 here).
   before = np.asarray(x, np.float64).mean(axis=(0, 1, 2, 3)) - mu_real
   after = before + shift.mean(0)
   assert np.all(np.abs(after[moved]) < np.abs(before[moved]))
-  assert shift.mean(0)[moved] == pytest.approx(expected[moved], rel=0.05)
 
 
 def _regulariser_case(seed):
