@@ -9,7 +9,8 @@ For a generated video x (with gradient), one t per sample and x_t = (1 - sigma) 
   loss = 0.5 * mean_masked((x - sg(x - grad))^2),
 so d loss / d x = mask * grad / #kept elements: the generator moves along real - fake, that is from the
 critic's (the generator's own) distribution toward the teacher's. Nothing here differentiates the
-teacher, the critic or x_t.
+teacher, the critic or x_t. mean_masked averages over the kept frames only, as Self-Forcing's
+`F.mse_loss(x[mask], target[mask])`; the sums run in float32, float64 under x64 (reduction.py).
 """
 from __future__ import annotations
 
