@@ -26,12 +26,9 @@ def wan_config(model_cfg) -> WanConfig:
 
 
 def build_module(model_cfg) -> dit.WanDiT:
-  kwargs = {}
-  if model_cfg.remat_policy != "none":
-    kwargs["remat"] = model_cfg.remat_policy
   dtype = jnp.dtype(model_cfg.dtype)
   return dit.WanDiT(wan_config(model_cfg), dtype=dtype, param_dtype=dtype,
-                    attention_backend=model_cfg.attention_backend, **kwargs)
+                    attention_backend=model_cfg.attention_backend, remat=model_cfg.remat_policy)
 
 
 def build_dit(model_cfg, *, seed: int = 0, param_dtype=None):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hybrid_forcing_jax import flow
+from hybrid_forcing_jax.dit import REMAT_POLICIES
 
 from hybrid_forcing_jax.streaming.config import StreamConfig
 
@@ -98,7 +99,6 @@ class OdePairsSection:
 SECTIONS = dict(model=ModelSection, teacher=ModelSection, text=TextSection, data=DataSection, optim=OptimSection,
                 train=TrainSection, ode_pairs=OdePairsSection)
 STAGE_SECTIONS = {"ode_init": ("model", "teacher", "text", "stream", "data", "optim", "train", "ode_pairs")}
-REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +175,8 @@ def _check_values(run: RunConfig) -> None:
 
   for name in ("model", "teacher"):
     m = getattr(run, name)
-    need(m.remat_policy in REMAT_POLICIES, f"{name}.remat_policy", f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
+    need(m.remat_policy in REMAT_POLICIES, f"{name}.remat_policy",
+         f"{m.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     need(m.dtype in ("bfloat16", "float32"), f"{name}.dtype", f"{m.dtype!r} is not 'bfloat16' or 'float32'")
   d, o, t = run.data, run.optim, run.train
   need(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
