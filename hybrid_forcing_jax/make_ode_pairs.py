@@ -153,9 +153,10 @@ def sample_shards(job: Job, *, batch_per_device: int = 1, fsdp: int = 0, max_sha
   if not pending:
     return dict(prompts=0, seconds=0.0)
   try:
-    model, params = builders.build_dit(run.teacher)
+    # Embeddings first: the umT5 is gone before the teacher takes the device's memory.
     embeddings = PromptEmbeddings(job.prompts, run.text, progress=True)
     negative = negative_context(run)
+    model, params = builders.build_dit(run.teacher)
   except (OSError, ValueError) as e:
     raise cli.BadInput(str(e)) from None
   if embeddings.dim != model.config.text_dim:

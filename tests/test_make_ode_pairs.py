@@ -165,8 +165,8 @@ def test_prompt_embeddings_are_computed_once_and_cached(root, monkeypatch):
   text = config(root, "unused").text
   text.cache_dir = str(root / "fresh_cache")
   calls = []
-  build = prompts_module.text_encoder
-  monkeypatch.setattr(prompts_module, "text_encoder", lambda cfg: calls.append(cfg.text_len) or build(cfg))
+  build = prompts_module.build_text_encoder
+  monkeypatch.setattr(prompts_module, "build_text_encoder", lambda cfg: calls.append(cfg.text_len) or build(cfg))
   first = PromptEmbeddings(PROMPTS, text)
   encoder, _ = build(text)
   ids, mask = byte_tokenize(PROMPTS, text.text_len)

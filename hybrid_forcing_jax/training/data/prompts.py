@@ -44,7 +44,7 @@ def read_prompts(path: str) -> list[str]:
   return prompts
 
 
-def text_encoder(text_cfg) -> tuple[TextEncoder, Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]]:
+def build_text_encoder(text_cfg) -> tuple[TextEncoder, Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]]:
   """-> (encoder, tokenize: prompts -> (ids, mask) [B, text_len]) for a `config.text` section."""
   if bool(text_cfg.encoder) != bool(text_cfg.tokenizer):
     raise ValueError("text.encoder and text.tokenizer must be both set (a converted umT5 and its tokenizer "
@@ -74,6 +74,9 @@ def _encoder_identity(folder: str) -> str:
   if not folder:
     return f"tiny-random-umt5-seed{TINY_ENCODER_SEED}"
   from hybrid_forcing_jax.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+  if not all(os.path.isfile(os.path.join(folder, name)) for name in (CONFIG_FILE, WEIGHTS_FILE)):
+    raise FileNotFoundError(f"text.encoder {folder!r} is not a converted umT5 folder ({CONFIG_FILE} and "
+                            f"{WEIGHTS_FILE}; make one with python -m convert --model=t5)")
   weights = os.stat(os.path.join(folder, WEIGHTS_FILE))
   with open(os.path.join(folder, CONFIG_FILE)) as f:
     return f"{os.path.abspath(folder)}|{f.read()}|{weights.st_size}|{weights.st_mtime_ns}"
@@ -83,6 +86,8 @@ def _folder_digest(folder: str) -> str:
   """sha256 over a (small) tokenizer folder's files, names included."""
   if not folder:
     return "byte-level"
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"text.tokenizer {folder!r} is not a folder (a saved google/umt5-xxl tokenizer)")
   digest = hashlib.sha256()
   for path in sorted(glob.glob(os.path.join(folder, "**", "*"), recursive=True)):
     if os.path.isfile(path):
@@ -131,7 +136,7 @@ def _build_cache(folder: str, prompts: list[str], text_cfg, progress: bool) -> N
   """Encode in batches, append the real tokens' rows to a scratch folder, then rename it into place
   (a crash leaves no half-written entry; a concurrent builder's identical entry wins)."""
   from tqdm import tqdm
-  encoder, tokenize = text_encoder(text_cfg)
+  encoder, tokenize = build_text_encoder(text_cfg)
   os.makedirs(os.path.dirname(folder) or ".", exist_ok=True)
   scratch = f"{folder}.tmp-{os.getpid()}"
   shutil.rmtree(scratch, ignore_errors=True)
