@@ -37,18 +37,27 @@ class RunFailed(Exception):
 
 def define_config_flag(name: str, default: str | None, help_text: str, command: str) -> None:
   """config_flags.DEFINE_config_file, but an override of a key the config lacks (`--config.x.typo=1`),
-  which config_flags finds while the flag is defined, ends in one line naming it, not a traceback."""
+  which config_flags finds while a flag with a default is defined, ends in one line naming it."""
   try:
     config_flags.DEFINE_config_file(name, default, help_text)
   except (AttributeError, KeyError) as e:
-    text = str(e).replace("\\", "")
-    key = re.search(r"'(\w+)'", text)
-    key = key.group(1) if key else text
-    given = [arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith(f"--{name}.")]
-    named = [arg for arg in given if key in arg.split(".")] or given
-    hint = re.search(r'Did you mean "(\w+)"', text)
-    _exit(command, f"error: {', '.join(named)}: the config has no key {key!r}"
-          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""), EXIT_BAD_INPUT)
+    _exit(command, f"error: {_unknown_override(e, sys.argv) or _one_line(e)}", EXIT_BAD_INPUT)
+
+
+def _unknown_override(error: BaseException, argv: Sequence[str]) -> str | None:
+  """'--config.stream.windw_frames: the config has no key ...' for config_flags' KeyError, if an
+  override names that key."""
+  text = str(error).replace("\\", "")
+  key = re.search(r"'(\w+)'", text)
+  if not key:
+    return None
+  overrides = [arg.split("=", 1)[0] for arg in argv[1:] if re.match(r"--\w+\.", arg)]
+  named = [arg for arg in overrides if key.group(1) in arg.split(".")[1:]]
+  if not named:
+    return None
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  return (f"{', '.join(named)}: the config has no key {key.group(1)!r}"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
 
 
 def run(main: Callable[[Sequence[str]], int | None], command: str) -> None:
@@ -83,8 +92,8 @@ def _parse_flags(command: str) -> Callable[[list[str]], list[str]]:
     except SystemExit as e:
       # absl's --help, --helpshort, --helpfull and --helpxml print and then exit with status 1.
       sys.exit(EXIT_OK if e.code == 1 else e.code)
-    except Exception as e:  # a config file that raises while it is executed
-      _exit(command, f"error: {_one_line(e)}", EXIT_BAD_INPUT)
+    except Exception as e:  # a config override of a missing key; a config file that raises
+      _exit(command, f"error: {_unknown_override(e, argv) or _one_line(e)}", EXIT_BAD_INPUT)
     for flag in flags.FLAGS:
       _check_config_loaded(command, flags.FLAGS[flag])
     return rest

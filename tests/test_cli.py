@@ -37,3 +37,18 @@ def test_tpu_probe_is_not_logged(caplog):
     logger.info("Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so")
     logger.info("Unable to initialize backend 'cuda': no GPU")
   assert [r.getMessage() for r in caplog.records] == ["Unable to initialize backend 'cuda': no GPU"]
+
+
+@pytest.mark.parametrize("module,config", [
+    ("hybrid_forcing_jax.sample", []),   # its default config
+    ("hybrid_forcing_jax.train", ["--config=configs/ode_init.py"]),
+    ("hybrid_forcing_jax.make_ode_pairs", ["--config=configs/ode_init.py"]),
+])
+def test_config_mistakes_are_one_line(module, config):
+  command = module.split(".")[-1]
+  done = run(module, *config, "--config.no_such_section.x=1")
+  assert done.returncode == 2, done.stderr[-1000:]
+  assert done.stderr.strip() == f"{command}: error: --config.no_such_section.x: the config has no key 'no_such_section'"
+  done = run(module, "--config=/no/such/config.py")
+  assert done.returncode == 2, done.stderr[-1000:]
+  assert done.stderr.strip() == f"{command}: error: --config=/no/such/config.py: no such file"
