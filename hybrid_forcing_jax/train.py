@@ -14,14 +14,13 @@ import signal
 import time
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from hybrid_forcing_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
+cli.define_config_flag(
     "config", None, "Training config, e.g. configs/ode_init.py (or configs/ode_init.py:tiny); override any key "
-    "with --config.section.key=value")
+    "with --config.section.key=value", "train")
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, exported models; reused to resume")
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM: saved and stopped, not finished
