@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from hybrid_forcing_jax.training import optim, steps
 from hybrid_forcing_jax.training.state import TrainState
@@ -108,6 +109,5 @@ def test_cast_for_compute_keeps_float32_leaves_of_the_dtype_tree():
 
 
 def test_bad_optimiser_config_names_the_key():
-  import pytest
   with pytest.raises(ValueError, match="optim.grad_accum"):
     optim.make_optimizer(optim_config(grad_accum=0))
