@@ -86,6 +86,11 @@ def test_dmd_loss_equals_definition(frame_mask):
   np.testing.assert_allclose(metrics["dmd_t"], t.mean(), rtol=1e-6)
 
 
+def test_a_frame_mask_of_another_shape_is_named():
+  with pytest.raises(ValueError, match=r"frame_mask must be \[F\] or \[B, F\] = \[2, 3\].*got \[4\]"):
+    dmd_loss(_video(), real_x0, fake_x0, jax.random.key(1), frame_mask=np.ones(4), **TIMESTEP_LAW)
+
+
 def test_dmd_loss_accumulates_in_float64_under_x64():
   x, rng = _video(), jax.random.key(1)
   with jax.enable_x64(True):
