@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import AttentionLayout
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.streaming.sampler import chunk_noise, rollout, start
@@ -24,8 +25,8 @@ def block_causal_sampler(model, params, cfg, ctx, key, num_chunks, batch):
     for i, (t, s) in enumerate(zip(cfg.timesteps(), sig)):
       prefix = jnp.concatenate(clean + [x], axis=1)
       times = jnp.concatenate([jnp.zeros((batch, c * f)), jnp.full((batch, f), t)], axis=1)
-      x0 = x - s * fwd(prefix, times)[:, -f:]
-      x = x0 if i == len(sig) - 1 else (1 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1]
+      x0 = flow.x0_from_velocity(x, fwd(prefix, times)[:, -f:], s)
+      x = x0 if i == len(sig) - 1 else flow.add_noise(x0, noise[i + 1], sig[i + 1])
     clean.append(x)
   return jnp.stack(clean)
 

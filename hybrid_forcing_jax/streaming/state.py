@@ -6,7 +6,9 @@ Per layer (stacked on axis 0, scanned with the parameters):
            their current positions at every forward.
   lin_s    [L, B, H, D, D] float32  mean over absorbed tokens of phi(k) v^T (Eq. 7), phi = ReLU
   lin_z    [L, B, H, D]    float32  mean over absorbed tokens of phi(k)
-  text_k, text_v [L, B, Lt, H, D]   cross-attention K/V of the prompt
+  text_k, text_v [L, B, Lt, H, D]   cross-attention K/V of the prompt, a constant: no gradient
+           reaches text_embedding or cross_attn.k/v through a stream (a deliberate choice: a training
+           rollout trains cross-attention's q/o only; losses that run the DiT on `context` train k/v)
 Shared:
   slot_frame [S + R] int32  absolute frame held by each slot, -1 when empty
   latents    [B, S + R, h, w, C] float32  clean latents of the cached frames (for re-caching on a
@@ -59,10 +61,11 @@ def frame_tokens(wan: WanConfig, latent_hw: tuple[int, int]) -> int:
 
 def init_state(cfg: StreamConfig, wan: WanConfig, text_kv, key, latent_hw: tuple[int, int],
                dtype=jnp.bfloat16) -> StreamState:
-  """An empty stream for the prompt whose cross-attention K/V is `text_kv` (from WanDiT.text_kv)."""
+  """An empty stream for the prompt whose cross-attention K/V is `text_kv` (from WanDiT.text_kv), held
+  under `stop_gradient` (the state carries no gradient, see above)."""
   if wan.patch_size[0] != 1:
     raise ValueError(f"streaming needs temporal patch size 1, got {wan.patch_size}")
-  text_k, text_v = text_kv
+  text_k, text_v = jax.lax.stop_gradient(text_kv)
   layers, batch = text_k.shape[:2]
   if layers != wan.num_layers:
     raise ValueError(f"text_kv has {layers} layers, the model {wan.num_layers}")
