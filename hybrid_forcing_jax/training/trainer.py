@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_forcing_jax import dit
 from hybrid_forcing_jax.training import builders, checkpointing, metrics, optim, sharding, stages, steps
 from hybrid_forcing_jax.training.config import ConfigError, RunConfig, parse
 from hybrid_forcing_jax.training.state import TrainState
@@ -77,7 +78,9 @@ class Job:
     state_shardings = sharding.train_state_shardings(self.mesh, optimizer, state)
     batch_sharding = sharding.batch_sharding(self.mesh)
     train_step = steps.make_train_step(stage.loss_fn, optimizer, ema_decay=run.optim.ema_decay,
-                                       ema_start=run.optim.ema_start, compute_dtype=jnp.dtype(run.model.dtype))
+                                       ema_start=run.optim.ema_start,
+                                       # the model's storage dtypes: bf16 matmuls, float32 norms/modulation
+                                       compute_dtype=dit.param_shapes(model.config, model.param_dtype))
     return Parts(model=model, dataset=stage.dataset, state=jax.device_put(state, state_shardings),
                  step_fn=steps.jit_train_step(train_step, state_shardings, batch_sharding),
                  batch_sharding=batch_sharding)
