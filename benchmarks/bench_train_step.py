@@ -54,13 +54,14 @@ def ode_step_row(remat: str, mesh_text: str) -> dict:
   import jax
   import jax.numpy as jnp
   from configs import ode_init
+  from hybrid_forcing_jax import dit
   from hybrid_forcing_jax.training import builders, optim, sharding, steps
   from hybrid_forcing_jax.training.losses.ode import ode_regression_loss
   from hybrid_forcing_jax.training.state import TrainState
   import functools
 
   data, fsdp = (int(x) for x in mesh_text.split("x"))
-  mesh = sharding.make_mesh(data, fsdp)
+  mesh = sharding.make_mesh(data, fsdp, jax.devices()[:data * fsdp])
   n = mesh.devices.size
   cfg = ode_init.get_config()
   model, params = builders.build_dit(_model_cfg(remat), seed=0, param_dtype=jnp.float32)
@@ -75,7 +76,8 @@ def ode_step_row(remat: str, mesh_text: str) -> dict:
   del params
   batch_sharding = sharding.batch_sharding(mesh)
   step = steps.jit_train_step(
-      steps.make_train_step(loss, optimizer, ema_decay=0.99, ema_start=0, compute_dtype=jnp.bfloat16),
+      steps.make_train_step(loss, optimizer, ema_decay=0.99, ema_start=0,
+                            compute_dtype=dit.param_shapes(wan, model.param_dtype)),
       shardings, batch_sharding)
   k1, k2 = jax.random.split(jax.random.key(1))
   batch = dict(
@@ -109,7 +111,7 @@ def ode_pairs_row() -> dict:
 
   model, params = builders.build_dit(_model_cfg("none"), seed=0)
   wan = model.config
-  n = jax.device_count()
+  n = 1
   keys = jax.random.split(jax.random.key(3), 3)
   noise = jax.random.normal(keys[0], (n, FLAGS.frames) + tuple(int(x) for x in FLAGS.latent_hw) + (wan.in_dim,), jnp.float32)
   cond = jax.random.normal(keys[1], (n, TEXT_LEN, wan.text_dim), jnp.bfloat16)
