@@ -43,14 +43,18 @@ class TextSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSection:
+class PromptDataSection:
   prompts: str
-  ode_pairs: str
-  num_frames: int        # latent frames
+  num_frames: int        # latent frames (DMD: the loss window, the last frames of each rollout)
   latent_hw: tuple
   batch_size: int        # global, over every device of every host
   seed: int
   num_workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection(PromptDataSection):
+  ode_pairs: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +100,39 @@ class OdePairsSection:
   seed: int
 
 
-SECTIONS = dict(model=ModelSection, teacher=ModelSection, text=TextSection, data=DataSection, optim=OptimSection,
-                train=TrainSection, ode_pairs=OdePairsSection)
-STAGE_SECTIONS = {"ode_init": ("model", "teacher", "text", "stream", "data", "optim", "train", "ode_pairs")}
+@dataclasses.dataclass(frozen=True)
+class DmdSection:
+  critic_lr: float       # the critic's constant LR (optim.lr is the generator's; the rest of optim is shared)
+  generator_every: int   # one generator update before every generator_every-th critic update (5)
+  guidance: float        # the real score's CFG, u + g (c - u) in x0 (4.0 = Self-Forcing's "3.0", c + 3 (c - u))
+  t_min: float           # DMD's and the critic's timestep law: shift stream.shift, clamped to [t_min, t_max]
+  t_max: float
+  min_frames: int        # rollout length in latent frames, drawn per step (multiples of stream.chunk_frames)
+  max_frames: int
+  context_noise: float   # timestep of the cache writes (0 = the clean chunk)
+  vae: str               # converted VAE folder for rollouts longer than data.num_frames; "" = tiny random VAE
+
+
+@dataclasses.dataclass(frozen=True)
+class RegulariserSection:
+  weight: float          # Eq. 9's weight (0.05); 0 = off (phase 1)
+  source: str            # "online" (teacher rollout in the step) | "records" (make_teacher_rollouts)
+  records: str           # the records folder (make_teacher_rollouts writes it, the trainer reads it)
+  num_steps: int         # teacher Euler steps (25)
+  shift: float
+  guidance: float        # u + g (c - u), as dmd.guidance
+  seed: int              # records: the noise of prompt i is drawn from fold_in(key(seed), i)
+  records_per_shard: int
+
+
+SECTIONS = dict(model=ModelSection, teacher=ModelSection, critic=ModelSection, text=TextSection,
+                optim=OptimSection, train=TrainSection, ode_pairs=OdePairsSection, dmd=DmdSection,
+                regulariser=RegulariserSection)
+STAGE_DATA = {"ode_init": DataSection, "dmd": PromptDataSection}
+STAGE_SECTIONS = {
+    "ode_init": ("model", "teacher", "text", "stream", "data", "optim", "train", "ode_pairs"),
+    "dmd": ("model", "teacher", "critic", "text", "stream", "data", "optim", "train", "dmd", "regulariser")}
+REGULARISER_SOURCES = ("online", "records")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +142,13 @@ class RunConfig:
   teacher: ModelSection
   text: TextSection
   stream: StreamConfig
-  data: DataSection
+  data: PromptDataSection
   optim: OptimSection
   train: TrainSection
   ode_pairs: OdePairsSection | None = None
+  critic: ModelSection | None = None
+  dmd: DmdSection | None = None
+  regulariser: RegulariserSection | None = None
 
 
 def parse(config) -> RunConfig:
@@ -126,6 +163,8 @@ def parse(config) -> RunConfig:
   for name in STAGE_SECTIONS[stage]:
     if name == "stream":
       sections[name] = _stream(d[name])
+    elif name == "data":
+      sections[name] = _section(STAGE_DATA[stage], d[name], "config.data")
     else:
       sections[name] = _section(SECTIONS[name], d[name], f"config.{name}")
   run = RunConfig(stage=stage, **sections)
@@ -173,8 +212,10 @@ def _check_values(run: RunConfig) -> None:
     if not ok:
       raise ConfigError(f"config.{key}: {why}")
 
-  for name in ("model", "teacher"):
+  for name in ("model", "teacher", "critic"):
     m = getattr(run, name)
+    if m is None:
+      continue
     need(m.remat_policy in REMAT_POLICIES, f"{name}.remat_policy",
          f"{m.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     need(m.dtype in ("bfloat16", "float32"), f"{name}.dtype", f"{m.dtype!r} is not 'bfloat16' or 'float32'")
@@ -192,6 +233,8 @@ def _check_values(run: RunConfig) -> None:
     need(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
   need(t.mesh.data == -1 or t.mesh.data >= 1, "train.mesh.data", f"must be -1 or >= 1, got {t.mesh.data}")
   need(t.mesh.fsdp == -1 or t.mesh.fsdp >= 1, "train.mesh.fsdp", f"must be -1 or >= 1, got {t.mesh.fsdp}")
+  if run.dmd is not None:
+    _check_dmd(run, need)
   if run.ode_pairs is not None:
     p = run.ode_pairs
     need(p.keep and p.keep[-1] == p.num_steps, "ode_pairs.keep",
@@ -203,3 +246,23 @@ def _check_values(run: RunConfig) -> None:
     need(len(stored) == len(student) and np.allclose(stored, student, atol=1e-3), "ode_pairs.keep",
          f"trajectory points at t = {np.round(stored, 2).tolist()} (num_steps {p.num_steps}, shift {p.shift}) "
          f"do not match the student's timesteps {np.round(student, 2).tolist()} (config.stream)")
+
+
+def _check_dmd(run: RunConfig, need) -> None:
+  m, r, chunk = run.dmd, run.regulariser, run.stream.chunk_frames
+  need(m.critic_lr > 0, "dmd.critic_lr", f"must be > 0, got {m.critic_lr}")
+  need(m.generator_every >= 1, "dmd.generator_every", f"must be >= 1, got {m.generator_every}")
+  need(0 <= m.t_min < m.t_max <= flow.NUM_TRAIN_TIMESTEPS, "dmd.t_min",
+       f"need 0 <= t_min < t_max <= {flow.NUM_TRAIN_TIMESTEPS}, got t_min {m.t_min}, t_max {m.t_max}")
+  for key in ("min_frames", "max_frames"):
+    need(getattr(m, key) % chunk == 0, f"dmd.{key}",
+         f"{getattr(m, key)} is not a multiple of stream.chunk_frames {chunk}")
+  need(run.data.num_frames <= m.min_frames <= m.max_frames, "dmd.min_frames",
+       f"need data.num_frames ({run.data.num_frames}, the loss window) <= min_frames <= max_frames, got "
+       f"min_frames {m.min_frames}, max_frames {m.max_frames}")
+  need(0 <= m.context_noise < flow.NUM_TRAIN_TIMESTEPS, "dmd.context_noise", f"must be in [0, 1000), got {m.context_noise}")
+  need(r.weight >= 0, "regulariser.weight", f"must be >= 0, got {r.weight}")
+  need(r.source in REGULARISER_SOURCES, "regulariser.source", f"{r.source!r} is not one of {list(REGULARISER_SOURCES)}")
+  need(r.num_steps >= 1, "regulariser.num_steps", f"must be >= 1, got {r.num_steps}")
+  need(r.records_per_shard >= 1, "regulariser.records_per_shard", f"must be >= 1, got {r.records_per_shard}")
+  need(r.source != "records" or r.records, "regulariser.records", "is empty; set the folder make_teacher_rollouts wrote")
