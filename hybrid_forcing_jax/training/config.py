@@ -260,9 +260,12 @@ def _check_dmd(run: RunConfig, need) -> None:
   need(run.data.num_frames <= m.min_frames <= m.max_frames, "dmd.min_frames",
        f"need data.num_frames ({run.data.num_frames}, the loss window) <= min_frames <= max_frames, got "
        f"min_frames {m.min_frames}, max_frames {m.max_frames}")
-  need(0 <= m.context_noise < flow.NUM_TRAIN_TIMESTEPS, "dmd.context_noise", f"must be in [0, 1000), got {m.context_noise}")
+  need(0 <= m.context_noise < flow.NUM_TRAIN_TIMESTEPS, "dmd.context_noise",
+       f"must be in [0, 1000), got {m.context_noise}")
   need(r.weight >= 0, "regulariser.weight", f"must be >= 0, got {r.weight}")
-  need(r.source in REGULARISER_SOURCES, "regulariser.source", f"{r.source!r} is not one of {list(REGULARISER_SOURCES)}")
+  need(r.source in REGULARISER_SOURCES, "regulariser.source",
+       f"{r.source!r} is not one of {list(REGULARISER_SOURCES)}")
   need(r.num_steps >= 1, "regulariser.num_steps", f"must be >= 1, got {r.num_steps}")
   need(r.records_per_shard >= 1, "regulariser.records_per_shard", f"must be >= 1, got {r.records_per_shard}")
-  need(r.source != "records" or r.records, "regulariser.records", "is empty; set the folder make_teacher_rollouts wrote")
+  need(r.source != "records" or r.records, "regulariser.records",
+       "is empty; set the folder make_teacher_rollouts wrote")
