@@ -23,13 +23,13 @@ import sys
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from hybrid_forcing_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config with an ode_pairs section, e.g. configs/ode_init.py "
-                                "(configs/ode_init.py:tiny on a CPU); override keys with --config.section.key=value")
+cli.define_config_flag("config", None, "Config with an ode_pairs section, e.g. configs/ode_init.py "
+                       "(configs/ode_init.py:tiny on a CPU); override keys with --config.section.key=value",
+                       "make_ode_pairs")
 flags.DEFINE_integer("batch_per_device", 1, "Prompts per device per teacher call (the result does not depend on it)")
 flags.DEFINE_integer("fsdp", 0, "Shard the teacher's parameters over this many devices; 0 = only when a replica "
                      "would take more than half a device's memory")
