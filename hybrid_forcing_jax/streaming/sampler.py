@@ -72,17 +72,20 @@ def _x0(model: WanDiT, params, cfg: StreamConfig, state: StreamState, x, t, sigm
 
 
 def denoise_chunk(model: WanDiT, params, cfg: StreamConfig, state: StreamState, *, exit_step=None,
-                  grad_params=None):
+                  grad_params=None, noise=None):
   """The next chunk's latents [B, F, h, w, C] float32: the denoising forwards only; the cache is read,
   not written. Inference (defaults): every step, the last x0. Training: the x0 of step `exit_step`
-  (int, traced or not), predicted with `grad_params`; the steps before it carry no gradient."""
+  (int, traced or not), predicted with `grad_params`; the steps before it carry no gradient.
+  noise: the chunk's noise [num_steps, B, F, h, w, C] as `chunk_noise` lays it out (default: drawn
+  from the state's key); a training rollout passes its own (per-example noise)."""
   b, _, h, w, c = state.latents.shape
   shape = (b, cfg.chunk_frames, h, w, c)
   num_steps = len(cfg.denoising_steps)
   ts = jnp.asarray(cfg.timesteps(), jnp.float32)
   sig = jnp.asarray(cfg.sigmas(), jnp.float32)
   sig_next = jnp.concatenate([sig[1:], jnp.zeros((1,), jnp.float32)])
-  noise = chunk_noise(state.key, state.frame // cfg.chunk_frames, num_steps, shape)
+  if noise is None:
+    noise = chunk_noise(state.key, state.frame // cfg.chunk_frames, num_steps, shape)
   eps_next = jnp.concatenate([noise[1:], jnp.zeros_like(noise[:1])])
 
   if exit_step is None and grad_params is None:
@@ -122,10 +125,10 @@ def write_chunk(model: WanDiT, params, cfg: StreamConfig, state: StreamState, cl
 
 
 def chunk_step(model: WanDiT, params, cfg: StreamConfig, state: StreamState, *, exit_step=None, grad_params=None,
-               context_noise: float = 0.0):
+               context_noise: float = 0.0, noise=None):
   """Generate the next chunk. Returns (new state, latents [B, F, h, w, C] float32): the clean chunk at
   inference, the exit step's x0 in training (see the module docstring); the cache gets that chunk."""
-  chunk = denoise_chunk(model, params, cfg, state, exit_step=exit_step, grad_params=grad_params)
+  chunk = denoise_chunk(model, params, cfg, state, exit_step=exit_step, grad_params=grad_params, noise=noise)
   return write_chunk(model, params, cfg, state, chunk, context_noise=context_noise), chunk
 
 
