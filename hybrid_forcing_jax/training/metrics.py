@@ -38,7 +38,8 @@ class MetricsLog:
     self.jsonl.flush()
     for name, value in metrics.items():
       self.tb.add_scalar(name, value, step)
-    self.bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
+    self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k == "loss" or k.endswith("/loss")},
+                         refresh=False)
 
   def advance(self, steps: int = 1) -> None:
     self.bar.update(steps)

@@ -48,9 +48,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   return train_step
 
 
-def jit_train_step(train_step, state_shardings, batch_sharding: NamedSharding):
-  """The jitted step with the shardings of sharding.py: the state stays where its shardings put it (and
-  its buffers are donated), the batch is split over the mesh, key and metrics are replicated."""
+def jit_train_step(train_step, state_shardings, batch_sharding: NamedSharding, frozen_shardings=None):
+  """The jitted step(state, batch, rng[, frozen]) with the shardings of sharding.py: the state stays
+  where its shardings put it (and its buffers are donated), the batch is split over the mesh, key and
+  metrics are replicated; with `frozen_shardings`, the step takes a 4th argument, parameters it reads
+  and never trains (DMD's teacher), which stay where those shardings put them."""
   replicated = NamedSharding(batch_sharding.mesh, P())
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated),
+  frozen = () if frozen_shardings is None else (frozen_shardings,)
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated, *frozen),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)

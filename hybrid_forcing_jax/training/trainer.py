@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_forcing_jax import dit
 from hybrid_forcing_jax.training import builders, checkpointing, metrics, optim, sharding, stages, steps
 from hybrid_forcing_jax.training.config import ConfigError, RunConfig, parse
 from hybrid_forcing_jax.training.state import TrainState
@@ -71,59 +70,80 @@ class Job:
   def build(self) -> "Parts":
     run = self.config
     model, params = builders.build_dit(run.model, seed=run.train.seed, param_dtype=jnp.float32)
-    stage = stages.STAGES[run.stage](run, model)
     optimizer = optim.make_optimizer(run.optim)
+    stage = stages.STAGES[run.stage](run, model, optimizer)
+    critic_opt_state = None if stage.critic is None else stage.critic_optimizer.init(stage.critic)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                       ema=jax.tree.map(jnp.copy, params), rng=jax.random.key_data(jax.random.key(run.train.seed)))
-    state_shardings = sharding.train_state_shardings(self.mesh, optimizer, state)
+                       ema=optim.init_ema(params), rng=jax.random.key_data(jax.random.key(run.train.seed)),
+                       critic=stage.critic, critic_opt_state=critic_opt_state)
+    state_shardings = sharding.train_state_shardings(self.mesh, optimizer, state, stage.critic_optimizer)
     batch_sharding = sharding.batch_sharding(self.mesh)
-    train_step = steps.make_train_step(stage.loss_fn, optimizer, ema_decay=run.optim.ema_decay,
-                                       ema_start=run.optim.ema_start,
-                                       # the model's storage dtypes: bf16 matmuls, float32 norms/modulation
-                                       compute_dtype=dit.param_shapes(model.config, model.param_dtype))
-    return Parts(model=model, dataset=stage.dataset, state=jax.device_put(state, state_shardings),
-                 step_fn=steps.jit_train_step(train_step, state_shardings, batch_sharding),
-                 batch_sharding=batch_sharding)
+    frozen_shardings = None if stage.frozen is None else sharding.param_shardings(self.mesh, stage.frozen)
+    frozen = None if stage.frozen is None else jax.device_put(stage.frozen, frozen_shardings)
+    step_fns = [steps.jit_train_step(u.step_fn, state_shardings, batch_sharding, frozen_shardings)
+                for u in stage.updates]
+    return Parts(model=model, updates=stage.updates, step_fns=step_fns, frozen=frozen,
+                 state=jax.device_put(state, state_shardings), batch_sharding=batch_sharding)
 
   def run(self, should_stop: Callable[[], bool] = lambda: False) -> bool:
-    """Train to train.steps; -> True when done, False when stopped early by should_stop (after a save)."""
+    """Train to train.steps; -> True when done, False when stopped early by should_stop (after a save).
+
+    A step is one loop iteration: every update due at it (stages.Update.every) runs once, in order;
+    for DMD that is a generator update every dmd.generator_every steps, then one critic update, so
+    steps count critic updates (as Self-Forcing counts them)."""
     run, t = self.config, self.config.train
     parts = self.build()
     state = parts.state
-    batches = batch_iterator(parts.dataset, run.data.batch_size // jax.process_count(), run.data.num_workers)
+    local_batch = run.data.batch_size // jax.process_count()
+    iterators = [batch_iterator(u.dataset, local_batch, run.data.num_workers) for u in parts.updates]
     manager = checkpointing.make_manager(self.workdir, keep_last=t.keep_last, keep_every=t.keep_every)
+    # latest[i]: the last metrics of update i with the step it ran at; saved with the checkpoint so
+    # that a resumed run logs what an uninterrupted one does, also between sparse updates.
+    latest = [{} for _ in parts.updates]
     restored = checkpointing.restore_latest(manager, state)
     if restored is not None:
-      state, position = restored
-      batches.set_state(position)
+      state, data = restored
+      for it, position in zip(iterators, data["iterators"]):
+        it.set_state(position)
+      latest = data["latest_metrics"]
     start = int(state.step)
     if start:
       print(f"train: resuming from step {start} ({self.workdir})", flush=True)
     # From host memory: a buffer of its own, not one of the state's (which each step donates).
     base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state.rng)))
+    keys = [jax.random.fold_in(base_key, i) for i in range(len(parts.updates))] if len(parts.updates) > 1 \
+        else [base_key]
+    frozen = () if parts.frozen is None else (parts.frozen,)
     log = metrics.MetricsLog(self.workdir, start_step=start, total_steps=t.steps)
     tick, ticked_step = time.perf_counter(), start
     step = start
+
+    def data_state():
+      return {"iterators": [it.get_state() for it in iterators], "latest_metrics": latest}
+
     try:
       while step < t.steps:
         if should_stop():
-          checkpointing.save(manager, step, state, batches.get_state(), force=True)
+          checkpointing.save(manager, step, state, data_state(), force=True)
           manager.wait_until_finished()
           print(f"train: stopped by SIGTERM at step {step}; saved, resume with the same command", flush=True)
           return False
-        batch = jax.make_array_from_process_local_data(parts.batch_sharding, next(batches))
-        state, step_metrics = parts.step_fn(state, batch, base_key)
+        for i, (update, step_fn, it) in enumerate(zip(parts.updates, parts.step_fns, iterators)):
+          if step % update.every == 0:
+            batch = jax.make_array_from_process_local_data(parts.batch_sharding, next(it))
+            state, update_metrics = step_fn(state, batch, keys[i], *frozen)
+            latest[i] = {"at_step": step + 1, **{k: float(v) for k, v in jax.device_get(update_metrics).items()}}
         step += 1
         log.advance()
         if step % t.log_every == 0 or step == t.steps:
-          values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          values = logged_metrics(parts.updates, latest)
           now = time.perf_counter()
           step_time = (now - tick) / (step - ticked_step)
           tick, ticked_step = now, step
           log.write(step, {**values, "step_time_s": step_time, "samples_per_s": run.data.batch_size / step_time,
                            **metrics.device_memory()})
         if step % t.checkpoint_every == 0 or step == t.steps:
-          checkpointing.save(manager, step, state, batches.get_state())
+          checkpointing.save(manager, step, state, data_state())
         if (t.export_every and step % t.export_every == 0) or step == t.steps:
           folder = checkpointing.export_generator(self.workdir, step, parts.model.config, state.ema)
           print(f"train: exported the EMA generator at step {step} to {folder}", flush=True)
@@ -134,13 +154,26 @@ class Job:
       log.close()
 
 
+def logged_metrics(updates, latest) -> dict[str, float]:
+  """One record: each update's latest metrics under its name ("<name>/<metric>", plus "<name>/at_step",
+  the step it last ran at, for updates that do not run every step)."""
+  record = {}
+  for update, values in zip(updates, latest):
+    for key, value in values.items():
+      if key != "at_step" or update.every > 1:
+        record[f"{update.name}/{key}" if update.name else key] = value
+  return record
+
+
 @dataclasses.dataclass(frozen=True)
 class Parts:
-  """What a run is built from: the model, its stage's examples, the sharded state and the jitted step."""
+  """What a run is built from: the model, its stage's updates and their jitted steps, the frozen
+  parameters (placed once), the sharded state."""
   model: object
-  dataset: grain.MapDataset
+  updates: tuple
+  step_fns: list
+  frozen: object
   state: TrainState
-  step_fn: Callable
   batch_sharding: jax.sharding.NamedSharding
 
 
