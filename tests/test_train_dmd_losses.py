@@ -283,6 +283,16 @@ def test_regulariser_is_the_weighted_mse_at_exit_step_0_and_zero_without_teacher
   np.testing.assert_allclose(d_student, 0.05 * 2 * keep * diff / keep.sum(), rtol=1e-5, atol=1e-9)
 
 
+def test_regulariser_of_weight_0_never_traces_the_teacher():
+  student, _ = _regulariser_case(8)
+
+  def teacher_x0():
+    raise AssertionError("the teacher ran at weight 0")
+
+  loss, metrics = jax.jit(lambda s: regulariser_loss(s, 0, teacher_x0, weight=0.0))(student)
+  assert float(loss) == 0.0 and float(metrics["regulariser_active"]) == 0.0
+
+
 def test_regulariser_with_the_teacher_rollout_of_a_dit():
   """The online path: the target is the teacher's Euler rollout from the student's noise."""
   model, params = _tiny_dit(0)

@@ -6,7 +6,7 @@ then) is pulled toward the teacher's 25-step CFG rollout from the same noise:
   loss = weight * mean_masked((x0_student - sg(x0_teacher))^2),   weight 0.05,
 masked like DMD. For any other exit step the loss is 0 and the teacher does not run: the condition is a
 traced `lax.cond`, so one compiled step serves every exit step. The weight is applied here; the trainer
-adds this loss to DMD's as it is.
+adds this loss to DMD's as it is. Weight 0 turns it off (phase 1) without tracing the teacher.
 
 The teacher's target comes from a callable, so it can be a precomputed record or an online rollout
 (B1's `training.teacher.euler_trajectory`, at the configured guidance: the published code hard-codes
@@ -27,11 +27,14 @@ def regulariser_loss(student_x0, exit_step, teacher_x0_fn, *, weight: float = 0.
   Metrics: regulariser_mse (unweighted; 0 when inactive), regulariser_active (0 or 1).
   """
   dtype = loss_dtype()
+  zero = jnp.zeros((), dtype)
+  if weight == 0:  # off (phase 1), decided statically: the teacher is not even traced
+    return zero, {"regulariser_mse": zero, "regulariser_active": jnp.zeros((), jnp.float32)}
   active = jnp.asarray(exit_step) == 0
 
   def mse():
     target = jax.lax.stop_gradient(teacher_x0_fn()).astype(dtype)
     return mean_square(student_x0.astype(dtype) - target, frame_mask)
 
-  value = jax.lax.cond(active, mse, lambda: jnp.zeros((), dtype))
+  value = jax.lax.cond(active, mse, lambda: zero)
   return weight * value, {"regulariser_mse": value, "regulariser_active": active.astype(jnp.float32)}
