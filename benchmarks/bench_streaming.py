@@ -47,9 +47,9 @@ from hybrid_forcing_jax.config import WAN_1_3B, tiny_config
 from hybrid_forcing_jax.dit import WanDiT, init_params
 from hybrid_forcing_jax.streaming import positions
 from hybrid_forcing_jax.streaming.config import from_config
-from hybrid_forcing_jax.streaming.hybrid_attention import linear_readout, stream_attention
+from hybrid_forcing_jax.attention.hybrid import linear_readout, stream_attention
 from hybrid_forcing_jax.streaming.sampler import jitted_step, start, stream_forward
-from hybrid_forcing_jax.streaming.state import commit_chunk, state_bytes
+from hybrid_forcing_jax.streaming.state import cache_view, commit_chunk, state_bytes
 from hybrid_forcing_jax.rope import rope_tables
 
 
@@ -108,17 +108,16 @@ def run_setting(name: str, args):
   tok = (hw[0] // 2) * (hw[1] // 2)
   h, d = wan.num_heads, wan.head_dim
   q = jax.random.normal(jax.random.key(3), (1, cfg.chunk_frames * tok, h, d), dtype)
-  frames, slots, n = positions.cached_frames(cfg, state.frame)
-  kc, ks = rope_tables(wan, positions.frame_positions(cfg, state.frame, frames), hw[0] // 2, hw[1] // 2)
   qc, qs = rope_tables(wan, positions.query_positions(cfg, state.frame), hw[0] // 2, hw[1] // 2)
-  layer = dict(k=state.k[0], v=state.v[0], lin_s=state.lin_s[0], lin_z=state.lin_z[0])
-  shared = dict(gather=slots, n_valid=n, key_cos=kc, key_sin=ks, has_linear=jnp.asarray(False))
+  cache, view = cache_view(cfg, wan, state)
+  layer = jax.tree_util.tree_map(lambda a: a[0], cache)
+  view = view.replace(has_linear=jnp.asarray(False))
   attn = jax.jit(lambda q, layer: stream_attention(dataclasses.replace(cfg, linear=False), q, q, q, qc, qs, layer,
-                                                   shared, tok, None, "auto"))
+                                                   view, tok, None, "auto"))
   self_attn_ms = timed(attn, q, layer)
   proj = dict(weight=jnp.zeros((d, d), dtype), bias=jnp.zeros((d,), dtype))
   lin = jax.jit(lambda q, s, z: linear_readout(q, s, z, proj, 1e-6))
-  linear_ms = timed(lin, q, layer["lin_s"], layer["lin_z"]) if cfg.linear else 0.0
+  linear_ms = timed(lin, q, layer.lin_s, layer.lin_z) if cfg.linear else 0.0
   stats = jax.devices()[0].memory_stats() or {}
   print(json.dumps(dict(
       setting=name, device=str(jax.devices()[0].device_kind), tiny=args.tiny, latent_hw=hw,

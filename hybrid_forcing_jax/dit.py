@@ -5,13 +5,14 @@ blocks are one `nn.scan` over stacked parameters, so compile time does not grow 
 parameter tree carries Wan's original names (`blocks.self_attn.q.weight`, stacked over layers on axis
 0); see hybrid_forcing_jax/checkpoint.py.
 
-Attention layouts (`AttentionLayout`):
-  * bidirectional: every token sees every token (teacher, critic);
-  * block_causal: chunk c of `num_frame_per_block` latent frames sees chunks 0..c (training);
-  * stream: the current chunk sees the streaming cache (sink + window + linear memory) and returns its
-    un-rotated K/V per layer for the cache write (hybrid_forcing_jax/streaming);
-  * recache: cached frames re-encoded block-causally under a new prompt (streaming prompt switch).
-The streaming engine plugs its own key/value source in at `SelfAttention.attend`.
+Attention layouts (`AttentionLayout`) and the methods that run them:
+  * bidirectional (`__call__`): every token sees every token (teacher, critic);
+  * block_causal (`__call__`): chunk c of `num_frame_per_block` latent frames sees chunks 0..c (training);
+  * stream (`stream`): the current chunk sees the streaming cache (sink + window + linear memory), read
+    through a typed `LayerCache` / `CacheView` (attention/hybrid.py), and returns its un-rotated K/V
+    per layer for the cache write (hybrid_forcing_jax/streaming builds the cache and writes it);
+  * recache (`recache`): cached frames re-encoded block-causally under a new prompt (prompt switch).
+`__call__` always returns the velocity; `stream` returns (velocity, K/V), `recache` the K/V.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from hybrid_forcing_jax.attention import attention
+from hybrid_forcing_jax.attention.hybrid import CacheView, LayerCache, stream_attention
+from hybrid_forcing_jax.attention.prefix import prefix_attention
 from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
 from hybrid_forcing_jax.config import WanConfig
 from hybrid_forcing_jax.layers import Dtype, LayerNorm, Linear, RMSNorm, gelu_tanh, layer_norm
@@ -32,18 +36,17 @@ from hybrid_forcing_jax.rope import apply_rope, rope_tables
 
 @dataclasses.dataclass(frozen=True)
 class AttentionLayout:
-  """Which keys each query sees in self-attention. Static: registered as a pytree without leaves, so it
-  rides through `nn.scan`/`nn.remat` beside the traced inputs and is part of the trace."""
+  """Which keys each query sees in self-attention; static (hashable): part of the trace."""
   kind: str = "bidirectional"  # or "block_causal", "stream", "recache"
   frames_per_chunk: int = 0  # latent frames per chunk (`num_frame_per_block`), for block_causal
-  stream: Any = None  # streaming.config.StreamConfig, for stream / recache
+  stream: Any = None  # streaming.config.StreamConfig, for stream
 
   def __post_init__(self):
     if self.kind not in ("bidirectional", "block_causal", "stream", "recache"):
       raise ValueError("AttentionLayout.kind must be 'bidirectional', 'block_causal', 'stream' or 'recache', "
                        f"got {self.kind!r}")
-    if self.kind in ("stream", "recache") and self.stream is None:
-      raise ValueError(f"AttentionLayout: {self.kind} needs a StreamConfig")
+    if self.kind == "stream" and self.stream is None:
+      raise ValueError("AttentionLayout: stream needs a StreamConfig")
     if self.kind == "block_causal" and self.frames_per_chunk < 1:
       raise ValueError(f"AttentionLayout: block_causal needs frames_per_chunk >= 1, got {self.frames_per_chunk}")
 
@@ -51,16 +54,22 @@ class AttentionLayout:
   def block_causal(cls, frames_per_chunk: int) -> "AttentionLayout":
     return cls("block_causal", frames_per_chunk)
 
-  @classmethod
-  def streaming(cls, stream_config, recache: bool = False) -> "AttentionLayout":
-    return cls("recache" if recache else "stream", stream_config.chunk_frames, stream_config)
-
   @property
-  def is_stream(self) -> bool:
+  def returns_kv(self) -> bool:
+    """Stream and recache forwards hand the chunk's un-rotated K/V back for the cache."""
     return self.kind in ("stream", "recache")
 
 
-jax.tree_util.register_static(AttentionLayout)
+@struct.dataclass
+class BlockInputs:
+  """What every scanned block reads (broadcast over the layers). The layout is a static field, so it
+  rides through `nn.scan` / `nn.remat` beside the traced arrays."""
+  e0: jnp.ndarray    # [B, F, 6, dim] float32 modulation
+  cos: jnp.ndarray   # [F*T, D/2] RoPE tables of the queries
+  sin: jnp.ndarray
+  layout: AttentionLayout = struct.field(pytree_node=False)
+  view: CacheView | None = None          # stream
+  visible: jnp.ndarray | None = None     # block_causal / recache: keys seen by each query group [G]
 
 # Rematerialisation of each scanned block (what the backward pass keeps from the forward):
 #   none: everything (fastest, most memory); full: only the block's inputs, the block is recomputed;
@@ -75,19 +84,6 @@ def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
   freqs = jnp.power(10000.0, -jnp.arange(half, dtype=jnp.float32) / half)
   args = t.astype(jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-
-
-def block_causal_attention(q, k, v, chunk_tokens: int, backend: str):
-  """Chunk c's queries attend to keys [0, (c+1) * chunk_tokens): each chunk is a batch entry with a
-  key-length mask, so cuDNN can skip the masked tail instead of reading a dense [L, L] mask."""
-  b, length, h, d = q.shape
-  chunks = length // chunk_tokens
-  qc = q.reshape(b * chunks, chunk_tokens, h, d)
-  kc = jnp.broadcast_to(k[:, None], (b, chunks) + k.shape[1:]).reshape(b * chunks, length, h, d)
-  vc = jnp.broadcast_to(v[:, None], (b, chunks) + v.shape[1:]).reshape(b * chunks, length, h, d)
-  lengths = jnp.tile((jnp.arange(chunks, dtype=jnp.int32) + 1) * chunk_tokens, b)
-  out = attention(qc, kc, vc, kv_lengths=lengths, backend=backend)
-  return out.reshape(b, length, h, d)
 
 
 class _Attention(nn.Module):
@@ -123,27 +119,21 @@ class SelfAttention(_Attention):
     """x [B, L, dim] -> q, k, v [B, L, H, D], q and k RMS-normed across heads, not yet rotated."""
     return self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
 
-  def attend(self, q, k, v, layout: AttentionLayout, frame_tokens: int):
-    if layout.kind == "block_causal":
-      return block_causal_attention(q, k, v, layout.frames_per_chunk * frame_tokens, self.backend)
-    return attention(q, k, v, backend=self.backend)
-
-  def attend_stream(self, q, k, v, cos, sin, layout: AttentionLayout, frame_tokens: int, stream):
-    """Streaming seam: q, k, v un-rotated; the streaming code rotates and adds its cached keys."""
-    from hybrid_forcing_jax.streaming import hybrid_attention  # streaming imports nothing from here
-    if layout.kind == "recache":
-      return hybrid_attention.recache_attention(q, k, v, cos, sin, stream["shared"], frame_tokens, self.backend)
-    proj = self.linear_proj if self.config.linear_proj else None
-    return hybrid_attention.stream_attention(layout.stream, q, k, v, cos, sin, stream["layer"], stream["shared"],
-                                             frame_tokens, proj, self.backend)
-
-  def __call__(self, x, cos, sin, layout: AttentionLayout, frame_tokens: int, stream=None):
-    """Returns the output and, in streaming layouts, this chunk's un-rotated (k, v) for the cache."""
+  def __call__(self, x, inputs: BlockInputs, cache: LayerCache | None, frame_tokens: int):
+    """Returns the output and, for layouts that return K/V, this chunk's un-rotated (k, v)."""
     q, k, v = self.project(x)
-    if layout.is_stream:
-      out, new_kv = self.attend_stream(q, k, v, cos, sin, layout, frame_tokens, stream), (k, v)
+    layout = inputs.layout
+    if layout.kind == "stream":
+      proj = self.linear_proj if self.config.linear_proj else None
+      out = stream_attention(layout.stream, q, k, v, inputs.cos, inputs.sin, cache, inputs.view, frame_tokens, proj,
+                             self.backend)
     else:
-      out, new_kv = self.attend(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, layout, frame_tokens), None
+      qr, kr = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+      if layout.kind == "bidirectional":
+        out = attention(qr, kr, v, backend=self.backend)
+      else:
+        out = prefix_attention(qr, kr, v, inputs.visible, self.backend)
+    new_kv = (k, v) if layout.returns_kv else None
     return self.o(out.reshape(x.shape[0], x.shape[1], self.config.dim)), new_kv
 
 
@@ -171,7 +161,8 @@ class FeedForward(nn.Module):
 
 
 class WanBlock(nn.Module):
-  """One Wan block. Scanned: every method takes (carry, per_layer, shared) and returns (carry, out).
+  """One Wan block. Scanned: every method takes (carry, per_layer, inputs) and returns (carry, out);
+  per_layer = (LayerCache or None, text_kv), inputs a BlockInputs (broadcast).
 
   The residual stream x [B, F, S, dim] stays in float32; modulation e0 [B, F, 6, dim] is per frame.
   """
@@ -190,27 +181,24 @@ class WanBlock(nn.Module):
         "modulation", lambda key, shape: jax.random.normal(key, shape, jnp.float32) / math.sqrt(c.dim),
         (1, 6, c.dim))
 
-  def text_kv(self, context, per_layer, shared):
-    del per_layer, shared
+  def text_kv(self, context, per_layer, inputs):
+    del per_layer, inputs
     return context, self.cross_attn.text_kv(context)
 
-  def __call__(self, x, per_layer, shared):
+  def __call__(self, x, per_layer, inputs: BlockInputs):
     c = self.config
     b, f, s, _ = x.shape
+    cache, text_kv = per_layer
     # e: 6 x [B, F, 1, dim] = shift/scale/gate for self-attention, then for the FFN (float32).
-    e = jnp.split(self.modulation[None] + shared["e0"], 6, axis=2)
+    e = jnp.split(self.modulation[None] + inputs.e0, 6, axis=2)
 
     def modulate(y, shift, scale):
       return (layer_norm(y, c.eps) * (1 + scale) + shift).astype(self.dtype)
 
     tokens = lambda y: y.reshape(b, f * s, y.shape[-1])
-    stream = None
-    if shared["layout"].is_stream:
-      stream = dict(layer=per_layer.get("stream"), shared=shared["stream"])
-    y, new_kv = self.self_attn(tokens(modulate(x, e[0], e[1])), shared["cos"], shared["sin"], shared["layout"], s,
-                               stream)
+    y, new_kv = self.self_attn(tokens(modulate(x, e[0], e[1])), inputs, cache, s)
     x = x + y.reshape(b, f, s, c.dim).astype(jnp.float32) * e[2]
-    y = self.cross_attn(tokens(self.norm3(x)), per_layer["text_kv"])
+    y = self.cross_attn(tokens(self.norm3(x)), text_kv)
     x = x + y.reshape(b, f, s, c.dim).astype(jnp.float32)
     y = self.ffn(modulate(x, e[3], e[4]))
     x = x + y.astype(jnp.float32) * e[5]
@@ -218,7 +206,8 @@ class WanBlock(nn.Module):
 
 
 class WanDiT(nn.Module):
-  """The Wan2.1 T2V DiT. `__call__` returns the flow-matching velocity, same layout as x."""
+  """The Wan2.1 T2V DiT. Every method returns the flow-matching velocity in x's layout (and K/V where
+  the streaming cache needs them)."""
   config: WanConfig
   dtype: Dtype = jnp.bfloat16
   param_dtype: Dtype = jnp.bfloat16
@@ -251,48 +240,63 @@ class WanDiT(nn.Module):
     return self.blocks.text_kv(emb, None, None)[1]
 
   def __call__(self, x, t, context=None, *, text_kv=None, frame_offset=0,
-               layout: AttentionLayout = AttentionLayout(), frame_positions=None, stream=None):
+               layout: AttentionLayout = AttentionLayout(), frame_positions=None):
     """x [B, F, H, W, in_dim]; t [B, F] (or [B]); context [B, Lt, text_dim] or precomputed text_kv.
-
+    layout: bidirectional or block_causal (streaming runs through `stream` and `recache`).
     frame_offset: temporal RoPE index of the first frame (an int or a traced scalar).
     frame_positions: int [F] temporal RoPE index of every frame (overrides frame_offset).
-    stream (stream / recache layouts): {"layers": per-layer state pytree [num_layers, ...] (stream
-    only), "shared": arrays every layer reads, "key_positions": [S+R] RoPE index of the cached frames
-    (stream only)}; see streaming/sampler.py. Streaming layouts return (velocity, (k, v)) with the
-    chunk's un-rotated keys and values per layer, each [num_layers, B, F*tokens, H, D].
     """
+    if layout.returns_kv:
+      raise ValueError(f"WanDiT: the {layout.kind!r} layout runs through WanDiT.{layout.kind}, not __call__")
+    self._check_latents(x)
+    if (context is None) == (text_kv is None):
+      raise ValueError("WanDiT: pass exactly one of `context` and `text_kv`")
+    visible = None
+    if layout.kind == "block_causal":
+      gf = x.shape[1] // self.config.patch_size[0]
+      if gf % layout.frames_per_chunk:
+        raise ValueError(f"WanDiT: block_causal needs the {gf} latent frames to be a multiple of "
+                         f"frames_per_chunk {layout.frames_per_chunk}")
+      chunks = jnp.arange(gf // layout.frames_per_chunk, dtype=jnp.int32)
+      visible = (chunks + 1) * layout.frames_per_chunk * self._frame_tokens(x)
+    if frame_positions is None:
+      frame_positions = frame_offset + jnp.arange(x.shape[1] // self.config.patch_size[0])
+    text_kv = self.text_kv(context) if text_kv is None else text_kv
+    return self._forward(x, t, text_kv, frame_positions, layout, None, visible=visible)[0]
+
+  def stream(self, x, t, *, text_kv, frame_positions, cache: LayerCache, view: CacheView, stream_config):
+    """The current chunk x [B, F, H, W, in_dim] at timesteps t [B, F] against the streaming cache:
+    cache the stacked per-layer LayerCache [num_layers, ...], view what every layer reads about it,
+    frame_positions int [F] the chunk's temporal RoPE indices. Returns (velocity, (k, v)), the chunk's
+    un-rotated keys and values per layer, each [num_layers, B, F*tokens, H, D]."""
+    layout = AttentionLayout("stream", stream_config.chunk_frames, stream_config)
+    return self._forward(x, t, text_kv, frame_positions, layout, cache, view=view)
+
+  def recache(self, x, t, *, text_kv, frame_positions, visible_frames):
+    """Re-encode n cached frames x [B, n, H, W, in_dim] (chronological) block-causally: frame i sees the
+    first visible_frames[i] frames (int [n]; 0 for an empty slot is read as 1). Returns their
+    un-rotated (k, v) per layer, each [num_layers, B, n*tokens, H, D]."""
+    visible = jnp.maximum(visible_frames, 1) * self._frame_tokens(x)
+    return self._forward(x, t, text_kv, frame_positions, AttentionLayout("recache"), None, visible=visible)[1]
+
+  def _forward(self, x, t, text_kv, frame_positions, layout, cache, *, view=None, visible=None):
+    """Embed, run the scanned blocks, project out: (velocity, per-layer K/V or None)."""
     c = self.config
     self._check_latents(x)
     b, f, h, w, _ = x.shape
     t = self._check_timesteps(t, b, f)
-    if (context is None) == (text_kv is None):
-      raise ValueError("WanDiT: pass exactly one of `context` and `text_kv`")
-    if text_kv is None:
-      text_kv = self.text_kv(context)
     pt, ph, pw = c.patch_size
     gf, gh, gw = f // pt, h // ph, w // pw
-    if layout.kind == "block_causal" and gf % layout.frames_per_chunk:
-      raise ValueError(f"WanDiT: block_causal needs the {gf} latent frames to be a multiple of "
-                       f"frames_per_chunk {layout.frames_per_chunk}")
-
     tokens = self.patch_embedding(x)  # [B, gf, gh*gw, dim]
     e = self.time_embedding(sinusoidal_embedding(t[:, ::pt], c.freq_dim))  # [B, gf, dim], float32
-    e0 = self.time_projection(e)  # [B, gf, 6, dim]
-    if frame_positions is None:
-      frame_positions = frame_offset + jnp.arange(gf)
     cos, sin = rope_tables(c, frame_positions, gh, gw)
-    shared = dict(e0=e0, cos=cos, sin=sin, layout=layout)
-    per_layer = dict(text_kv=text_kv)
-    if layout.is_stream:
-      if stream is None:
-        raise ValueError(f"WanDiT: layout {layout.kind!r} needs `stream` inputs")
-      shared["stream"] = dict(stream["shared"])
-      if layout.kind == "stream":
-        per_layer["stream"] = stream["layers"]
-        shared["stream"]["key_cos"], shared["stream"]["key_sin"] = rope_tables(c, stream["key_positions"], gh, gw)
-    hidden, new_kv = self.blocks(tokens.astype(jnp.float32), per_layer, shared)
-    out = self.head(hidden, e, (gf, gh, gw))
-    return (out, new_kv) if layout.is_stream else out
+    inputs = BlockInputs(self.time_projection(e), cos, sin, layout, view, visible)   # e0 [B, gf, 6, dim]
+    hidden, new_kv = self.blocks(tokens.astype(jnp.float32), (cache, text_kv), inputs)
+    return self.head(hidden, e, (gf, gh, gw)), new_kv
+
+  def _frame_tokens(self, x) -> int:
+    _, ph, pw = self.config.patch_size
+    return (x.shape[2] // ph) * (x.shape[3] // pw)
 
   def _check_latents(self, x):
     c = self.config

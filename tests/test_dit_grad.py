@@ -24,7 +24,7 @@ def _inputs(model, frames, seed=0):
 
 def _loss_fn(model, layout):
   """A scalar that depends on every output element (a fixed random projection of the velocity)."""
-  if layout.is_stream:
+  if layout.returns_kv:
     def loss(params, state, x, t, ctx):
       del ctx
       vel, _ = stream_forward(model, params, STREAM, state, x, t[0, 0])
@@ -44,16 +44,16 @@ def _stream_state(model, params):
 
 
 @pytest.mark.parametrize("layout", [AttentionLayout(), AttentionLayout.block_causal(1),
-                                    AttentionLayout.streaming(STREAM)], ids=lambda l: l.kind)
+                                    AttentionLayout("stream", STREAM.chunk_frames, STREAM)], ids=lambda l: l.kind)
 def test_remat_gradients_equal_plain(layout):
   model, params = tiny_model(seed=1, linear_proj=True)
   params = random_linear_proj(params, seed=2)
-  frames = STREAM.chunk_frames if layout.is_stream else 3
+  frames = STREAM.chunk_frames if layout.returns_kv else 3
   x, t, ctx = _inputs(model, frames)
-  state = _stream_state(model, params) if layout.is_stream else None
+  state = _stream_state(model, params) if layout.returns_kv else None
   want = _loss_fn(model, layout)(params, state, x, t, ctx)
   assert float(jnp.abs(want["blocks"]["self_attn"]["q"]["weight"]).max()) > 0
-  if layout.is_stream:
+  if layout.returns_kv:
     assert float(jnp.abs(want["blocks"]["self_attn"]["linear_proj"]["weight"]).max()) > 0
   for policy in sorted(set(REMAT_POLICIES) - {"none"}):
     remat_model = WanDiT(model.config, dtype=model.dtype, param_dtype=model.param_dtype,

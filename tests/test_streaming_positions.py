@@ -7,7 +7,7 @@ import pytest
 from hybrid_forcing_jax.attention import attention
 from hybrid_forcing_jax.streaming import positions
 from hybrid_forcing_jax.streaming.config import StreamConfig
-from hybrid_forcing_jax.streaming.hybrid_attention import stream_attention
+from hybrid_forcing_jax.attention.hybrid import CacheView, LayerCache, stream_attention
 from hybrid_forcing_jax.streaming.sampler import chunk_step, start, stream_forward
 from hybrid_forcing_jax.rope import apply_rope
 from tests.streaming_fixtures import LATENT_HW, context, tiny_model
@@ -98,8 +98,9 @@ def test_sparse_softmax_uses_paper_key_order_and_selection():
     frames, slots, n = positions.cached_frames(cfg, frame)
     kc, ksn = rope_tables(wan, positions.frame_positions(cfg, frame, frames), 8, 8)
     qc, qs = rope_tables(wan, positions.query_positions(cfg, frame), 8, 8)
-    shared = dict(gather=slots, n_valid=n, key_cos=kc, key_sin=ksn, has_linear=jnp.asarray(False))
-    got = stream_attention(cfg, q, k, v, qc, qs, dict(k=cache_k, v=cache_v), shared, tok, None, "xla")
+    view = CacheView(gather=slots, n_valid=n, has_linear=jnp.asarray(False), key_cos=kc, key_sin=ksn)
+    cache = LayerCache(k=cache_k, v=cache_v, lin_s=None, lin_z=None)
+    got = stream_attention(cfg, q, k, v, qc, qs, cache, view, tok, None, "xla")
     nv = int(n)
     ck = jnp.take(cache_k, slots[:nv], axis=1).reshape(b, nv * tok, h, d)
     cv = jnp.take(cache_v, slots[:nv], axis=1).reshape(b, nv * tok, h, d)

@@ -138,7 +138,7 @@ def test_prompt_switch():
 
 def test_linear_readout_is_eq7():
   """The read-out equals Eq. 7's linear part, ((phi(q) S) / (phi(q) z + eps)) W^T + b, in float64."""
-  from hybrid_forcing_jax.streaming.hybrid_attention import linear_readout
+  from hybrid_forcing_jax.attention.hybrid import linear_readout
   rng = np.random.default_rng(0)
   b, l, h, d = 2, 5, 3, 8
   q = rng.standard_normal((b, l, h, d)).astype(np.float32)

@@ -1,7 +1,7 @@
 """The one attention entry point. Every attention in the project goes through `attention`.
 
 Layout is BTNH: q [B, Lq, H, D], k and v [B, Lk, H, D]. `kv_lengths` [B] (optional) hides keys at
-positions >= length; block-causal attention over chunks is expressed with it (see dit.py), and so is a
+positions >= length; block-causal attention over chunks is expressed with it (see prefix.py), and so is a
 partly filled streaming cache. Backends are chosen by platform (`auto`) or forced by name; a backend
 that cannot serve a call raises an error naming itself and the reason instead of falling back.
 """

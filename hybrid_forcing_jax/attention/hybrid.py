@@ -3,18 +3,43 @@
 Eq. 7 of Hybrid Forcing: o = softmax part + linear part, summed before the output projection, where
   softmax part = (block-sparse, Eq. 5-6) softmax attention over [sink | earlier window frames | chunk],
   linear part  = linear_proj(phi(q) S / (phi(q) z + eps)),  phi = ReLU,
-with S, z the float32 means of phi(k) v^T and phi(k) over the evicted tokens (state.py). q and k of the
+with S, z the float32 means of phi(k) v^T and phi(k) over the evicted tokens (streaming/state.py). q and k of the
 linear part are un-rotated: the released code puts RoPE'd q/k in the numerator and drops phi on q at
 inference (peers_pytorch.md 1.3, 1.8); we follow the paper's equations instead.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from hybrid_forcing_jax.attention import attention
+from hybrid_forcing_jax.attention.dispatch import attention
 from hybrid_forcing_jax.rope import apply_rope
-from hybrid_forcing_jax.streaming.config import StreamConfig
+
+if TYPE_CHECKING:   # the streaming engine sits above the models: no run-time import of it from here
+  from hybrid_forcing_jax.streaming.config import StreamConfig
+
+
+@struct.dataclass
+class LayerCache:
+  """One layer's slice of the stream state (streaming/state.py), scanned with the layer's parameters."""
+  k: jnp.ndarray       # [B, S+R, T, H, D] un-rotated keys of the cached frames
+  v: jnp.ndarray       # [B, S+R, T, H, D]
+  lin_s: jnp.ndarray   # [B, H, D, D] float32 linear memory (Eq. 7)
+  lin_z: jnp.ndarray   # [B, H, D] float32
+
+
+@struct.dataclass
+class CacheView:
+  """What every layer reads about the cache for the current chunk (the same for all layers)."""
+  gather: jnp.ndarray       # [S+R] slots in chronological order, valid first
+  n_valid: jnp.ndarray      # int32 number of valid cached frames
+  has_linear: jnp.ndarray   # bool: any token absorbed into the linear memory
+  key_cos: jnp.ndarray      # [(S+R)*T, D/2] RoPE tables of the gathered frames
+  key_sin: jnp.ndarray
+
 
 def linear_readout(q, lin_s, lin_z, linear_proj, eps: float):
   """q [B, L, H, D] (un-rotated); lin_s [B, H, D, D], lin_z [B, H, D] float32 -> [B, L, H, D] float32.
@@ -53,46 +78,29 @@ def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_vali
   return jax.lax.switch(index, [branch(n) for n in counts], q, cur_k, cur_v, cache_k, cache_v)
 
 
-def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, layer, shared, tokens: int, linear_proj, backend: str):
+def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, cache: LayerCache, view: CacheView, tokens: int,
+                     linear_proj, backend: str):
   """One layer's self-attention for the current chunk.
 
   q, k, v [B, F*T, H, D] un-rotated (after norm_q / norm_k); cos, sin the chunk's RoPE tables.
-  layer: this layer's slice of the state {k, v [B, S+R, T, H, D], lin_s, lin_z}.
-  shared: {gather [S+R] slots in chronological order (valid first), n_valid, key_cos, key_sin
-  [(S+R)*T, D/2] tables of the gathered frames, has_linear (any token absorbed)}.
   Returns [B, F*T, H, D] in q's dtype.
   """
   b, lq, h, d = q.shape
   qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  n = shared["gather"].shape[0]
-  cache_k = jnp.take(layer["k"], shared["gather"], axis=1).reshape(b, n * tokens, h, d).astype(k.dtype)
-  cache_v = jnp.take(layer["v"], shared["gather"], axis=1).reshape(b, n * tokens, h, d).astype(v.dtype)
-  cache_k = apply_rope(cache_k, shared["key_cos"], shared["key_sin"])
+  n = view.gather.shape[0]
+  cache_k = jnp.take(cache.k, view.gather, axis=1).reshape(b, n * tokens, h, d).astype(k.dtype)
+  cache_v = jnp.take(cache.v, view.gather, axis=1).reshape(b, n * tokens, h, d).astype(v.dtype)
+  cache_k = apply_rope(cache_k, view.key_cos, view.key_sin)
   if cfg.sparse_ratio is None:
     # Dense: [chunk | valid cached | empty slots] makes the visible keys a prefix (kv_lengths).
     keys = jnp.concatenate([kr, cache_k], axis=1)
     vals = jnp.concatenate([v, cache_v], axis=1)
-    lengths = jnp.full((b,), lq + shared["n_valid"] * tokens, jnp.int32)
+    lengths = jnp.full((b,), lq + view.n_valid * tokens, jnp.int32)
     out = attention(qr, keys, vals, kv_lengths=lengths, backend=backend)
   else:
-    out = _sparse_softmax(cfg, qr, kr, v, cache_k, cache_v, shared["n_valid"], tokens)
+    out = _sparse_softmax(cfg, qr, kr, v, cache_k, cache_v, view.n_valid, tokens)
   if cfg.linear and linear_proj is not None:
-    lin = linear_readout(q, layer["lin_s"], layer["lin_z"], linear_proj, cfg.linear_eps)
+    lin = linear_readout(q, cache.lin_s, cache.lin_z, linear_proj, cfg.linear_eps)
     # Nothing absorbed yet: no linear term at all (linear_proj's bias would otherwise leak in).
-    out = (out.astype(jnp.float32) + jnp.where(shared["has_linear"], lin, 0.0)).astype(q.dtype)
+    out = (out.astype(jnp.float32) + jnp.where(view.has_linear, lin, 0.0)).astype(q.dtype)
   return out
-
-
-def recache_attention(q, k, v, cos, sin, shared, tokens: int, backend: str):
-  """Re-encoding the cached frames under a new prompt (LongLive's KV re-cache): the frames, in
-  chronological order, attend block-causally among themselves. shared["query_kv_frames"] [n] is how
-  many leading frames each query frame sees (0 for empty slots). Dense; linear memory not read."""
-  b, length, h, d = q.shape
-  n = length // tokens
-  qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  qf = qr.reshape(b, n, tokens, h, d).reshape(b * n, tokens, h, d)
-  kf = jnp.broadcast_to(kr[:, None], (b, n, length, h, d)).reshape(b * n, length, h, d)
-  vf = jnp.broadcast_to(v[:, None], (b, n, length, h, d)).reshape(b * n, length, h, d)
-  lengths = jnp.tile(jnp.maximum(shared["query_kv_frames"], 1) * tokens, b).astype(jnp.int32)
-  out = attention(qf, kf, vf, kv_lengths=lengths, backend=backend)
-  return out.reshape(b, length, h, d)

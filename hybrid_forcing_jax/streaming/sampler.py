@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 
 from hybrid_forcing_jax import flow
-from hybrid_forcing_jax.dit import AttentionLayout, WanDiT
+from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.streaming import positions
 from hybrid_forcing_jax.streaming.config import StreamConfig
-from hybrid_forcing_jax.streaming.state import StreamState, commit_chunk, init_state
+from hybrid_forcing_jax.streaming.state import StreamState, cache_view, commit_chunk, init_state
 
 
 def chunk_noise(key, chunk_index, num_steps: int, shape):
@@ -53,17 +53,11 @@ def context_noise_of(key, chunk_index, shape):
 def stream_forward(model: WanDiT, params, cfg: StreamConfig, state: StreamState, x, t):
   """One DiT forward of the current chunk x [B, F, h, w, C] at timestep t (scalar) against the cache.
   Returns (velocity, (k, v)) with the chunk's un-rotated K/V per layer."""
-  frame = state.frame
-  frames, slots, n_valid = positions.cached_frames(cfg, frame)
-  stream = dict(
-      layers=dict(k=state.k, v=state.v, lin_s=state.lin_s, lin_z=state.lin_z),
-      shared=dict(gather=slots, n_valid=n_valid, has_linear=state.lin_count > 0),
-      key_positions=positions.frame_positions(cfg, frame, frames))
+  cache, view = cache_view(cfg, model.config, state)
   b, f = x.shape[:2]
-  tt = jnp.full((b, f), t, jnp.float32)
-  return model.apply({"params": params}, x, tt, text_kv=(state.text_k, state.text_v),
-                     frame_positions=positions.query_positions(cfg, frame), stream=stream,
-                     layout=AttentionLayout.streaming(cfg))
+  return model.apply({"params": params}, x, jnp.full((b, f), t, jnp.float32), text_kv=(state.text_k, state.text_v),
+                     frame_positions=positions.query_positions(cfg, state.frame), cache=cache, view=view,
+                     stream_config=cfg, method=WanDiT.stream)
 
 
 def _x0(model: WanDiT, params, cfg: StreamConfig, state: StreamState, x, t, sigma):
@@ -199,9 +193,8 @@ def _switch(model: WanDiT, params, cfg: StreamConfig, state: StreamState, text_k
   frames, slots, pos, sees = recache_frames(cfg, state)
   x = jnp.take(state.latents, slots, axis=1)
   b, n = x.shape[:2]
-  _, (k, v) = model.apply({"params": params}, x, jnp.zeros((b, n), jnp.float32), text_kv=(state.text_k, state.text_v),
-                          frame_positions=pos, stream=dict(shared=dict(query_kv_frames=sees)),
-                          layout=AttentionLayout.streaming(cfg, recache=True))
+  k, v = model.apply({"params": params}, x, jnp.zeros((b, n), jnp.float32), text_kv=(state.text_k, state.text_v),
+                      frame_positions=pos, visible_frames=sees, method=WanDiT.recache)
   tokens = k.shape[2] // n
   k = k.reshape(k.shape[:2] + (n, tokens) + k.shape[3:])
   v = v.reshape(v.shape[:2] + (n, tokens) + v.shape[3:])

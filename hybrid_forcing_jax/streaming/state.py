@@ -29,7 +29,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from hybrid_forcing_jax.attention.hybrid import CacheView, LayerCache
 from hybrid_forcing_jax.config import WanConfig
+from hybrid_forcing_jax.rope import rope_tables
+from hybrid_forcing_jax.streaming import positions
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.streaming.positions import slot_of
 
@@ -78,6 +81,17 @@ def init_state(cfg: StreamConfig, wan: WanConfig, text_kv, key, latent_hw: tuple
       slot_frame=jnp.full((n,), -1, jnp.int32),
       latents=jnp.zeros((batch, n) + tuple(latent_hw) + (wan.in_dim,), jnp.float32),
       lin_count=jnp.zeros((), jnp.int32), frame=jnp.zeros((), jnp.int32), key=key)
+
+
+def cache_view(cfg: StreamConfig, wan: WanConfig, state: StreamState) -> tuple[LayerCache, CacheView]:
+  """What the next chunk's forward reads: the per-layer cache (stacked over layers) and the view every
+  layer shares (which slots, in which order, at which RoPE positions)."""
+  frames, slots, n_valid = positions.cached_frames(cfg, state.frame)
+  _, ph, pw = wan.patch_size
+  key_cos, key_sin = rope_tables(wan, positions.frame_positions(cfg, state.frame, frames),
+                                 state.latents.shape[2] // ph, state.latents.shape[3] // pw)
+  return (LayerCache(state.k, state.v, state.lin_s, state.lin_z),
+          CacheView(slots, n_valid, state.lin_count > 0, key_cos, key_sin))
 
 
 def state_bytes(state: StreamState) -> int:
