@@ -15,34 +15,21 @@ each process takes every process_count-th shard.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import sys
-import time
 
 from absl import flags
 
 from hybrid_forcing_jax import cli
+from hybrid_forcing_jax.training import teacher_records
+from hybrid_forcing_jax.training.teacher_records import Job
 
 FLAGS = flags.FLAGS
 cli.define_config_flag("config", None, "Config with an ode_pairs section, e.g. configs/ode_init.py "
                        "(configs/ode_init.py:tiny on a CPU); override keys with --config.section.key=value",
                        "make_ode_pairs")
-flags.DEFINE_integer("batch_per_device", 1, "Prompts per device per teacher call (the result does not depend on it)")
-flags.DEFINE_integer("fsdp", 0, "Shard the teacher's parameters over this many devices; 0 = only when a replica "
-                     "would take more than half a device's memory")
-flags.DEFINE_integer("max_shards", None, "Write at most this many shards, then stop (run again to continue)")
-
-
-@dataclasses.dataclass
-class Job:
-  """Everything checked and loaded: what `sample_shards` needs."""
-  run: object            # training.config.RunConfig
-  prompts: list
-  writer: object         # OdePairWriter
-  timesteps: object      # of the kept latents
+teacher_records.define_flags()
 
 
 def prepare(config) -> Job:
@@ -101,22 +88,6 @@ def start_message(job: Job, pending: list[int]) -> str:
           f"line up with DMD's 5 (training_spec.md 1).")
 
 
-def teacher_mesh(params, fsdp: int):
-  """A (data, fsdp) mesh over this process's devices; fsdp 0 picks 1 unless a replica of `params` would
-  take more than half a device's memory, then the fewest devices that bring it under."""
-  import jax
-  from hybrid_forcing_jax.training import sharding
-  devices = jax.local_devices()
-  if fsdp == 0:
-    limit = (devices[0].memory_stats() or {}).get("bytes_limit")
-    size = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
-    fsdp = next((n for n in range(1, len(devices) + 1) if len(devices) % n == 0
-                 and (not limit or size / n < limit / 2)), len(devices))
-  if fsdp < 1 or len(devices) % fsdp:
-    raise cli.BadInput(f"--fsdp={fsdp} does not divide this host's {len(devices)} devices")
-  return sharding.make_mesh(-1, fsdp, devices)
-
-
 def make_sampler(model, run, mesh, params_sharding):
   """jit(params, prompt_index [B], context [B, Lt, D], negative [Lt, D]) -> bfloat16 [B, K, F, h, w, C]."""
   import jax
@@ -140,76 +111,20 @@ def make_sampler(model, run, mesh, params_sharding):
   return jax.jit(sample, in_shardings=(params_sharding, batch, batch, replicated), out_shardings=batch)
 
 
-def sample_shards(job: Job, *, batch_per_device: int = 1, fsdp: int = 0, max_shards: int | None = None) -> dict:
-  """Write this process's unfinished shards (at most `max_shards`); returns timing numbers."""
-  import jax
-  import numpy as np
-  from tqdm import tqdm
-  from hybrid_forcing_jax.training import builders, sharding
-  from hybrid_forcing_jax.training.data.prompts import PromptEmbeddings, negative_context
-  run = job.run
-  pending = job.writer.pending(jax.process_index(), jax.process_count())[:max_shards]
-  print(start_message(job, pending), file=sys.stderr, flush=True)
-  if not pending:
-    return dict(prompts=0, seconds=0.0)
-  try:
-    # Embeddings first: the umT5 is gone before the teacher takes the device's memory.
-    embeddings = PromptEmbeddings(job.prompts, run.text, progress=True)
-    negative = negative_context(run)
-    model, params = builders.build_dit(run.teacher)
-  except (OSError, ValueError) as e:
-    raise cli.BadInput(str(e)) from None
-  if embeddings.dim != model.config.text_dim:
-    raise cli.BadInput(f"text.encoder gives {embeddings.dim}-dim embeddings, teacher {run.teacher.preset} expects "
-                       f"text_dim {model.config.text_dim}")
-  mesh = teacher_mesh(params, fsdp)
-  params_sharding = sharding.param_shardings(mesh, params)
-  params = jax.device_put(params, params_sharding)
-  sampler = make_sampler(model, run, mesh, params_sharding)
-  batch = batch_per_device * mesh.size
-  total = sum(len(job.writer.shard_range(s)) for s in pending)
-  times = []
-  with tqdm(total=total, unit="prompt", desc="ODE pairs", dynamic_ncols=True) as bar:
-    for shard in pending:
-      indices = list(job.writer.shard_range(shard))
-      with job.writer.open_shard(shard) as out:
-        for start in range(0, len(indices), batch):
-          begin = time.perf_counter()
-          real = indices[start:start + batch]
-          padded = real + real[-1:] * (batch - len(real))   # one program for every batch
-          context = np.stack([embeddings[i] for i in padded])
-          latents = np.asarray(sampler(params, np.asarray(padded, np.int32), context, negative))
-          for i, row in zip(real, latents):
-            out.write(job.prompts[i], i, row)
-          times.append((time.perf_counter() - begin, len(real)))
-          bar.update(len(real))
-      bar.set_postfix(shard=shard)
-  seconds, prompts = sum(t for t, _ in times), sum(n for _, n in times)
-  later_s, later_n = sum(t for t, _ in times[1:]), sum(n for _, n in times[1:])
-  return dict(prompts=prompts, seconds=seconds, later_s_per_prompt=later_s / later_n if later_n else None,
-              shards=len(pending))
+def sample_shards(job: Job, **kwargs) -> dict:
+  """teacher_records.sample_shards with this command's sampler (kwargs: batch_per_device, fsdp, max_shards)."""
+  return teacher_records.sample_shards(job, make_sampler, start_message, **kwargs)
 
 
 def main(argv) -> int:
   if FLAGS.config is None:
     raise cli.BadInput("--config is required, e.g. --config=configs/ode_init.py (see --help)")
-  if FLAGS.batch_per_device < 1:
-    raise cli.BadInput(f"--batch_per_device must be >= 1, got {FLAGS.batch_per_device}")
-  if FLAGS.max_shards is not None and FLAGS.max_shards < 0:
-    raise cli.BadInput(f"--max_shards must be >= 0, got {FLAGS.max_shards}")
+  teacher_records.check_flags()
   from hybrid_forcing_jax.training.sharding import initialize_distributed
   initialize_distributed()
   job = prepare(FLAGS.config)
-  done = sample_shards(job, batch_per_device=FLAGS.batch_per_device, fsdp=FLAGS.fsdp, max_shards=FLAGS.max_shards)
-  if done["prompts"]:
-    after = done["later_s_per_prompt"]
-    print(f"make_ode_pairs: wrote {done['shards']} shards, {done['prompts']} prompts in {done['seconds']:.1f} s: "
-          f"{done['seconds'] / done['prompts']:.3f} s per prompt (the first batch includes compilation"
-          + (f"; {after:.3f} s per prompt after it)" if after else ")"), file=sys.stderr)
-  left = job.writer.pending()
-  print(f"make_ode_pairs: {job.writer.num_shards - len(left)} of {job.writer.num_shards} shards done in "
-        f"{job.run.ode_pairs.output_dir}" + (f"; run again to write the other {len(left)}" if left else ""),
-        file=sys.stderr)
+  done = sample_shards(job, **teacher_records.flag_values())
+  teacher_records.report(job, done, "make_ode_pairs", job.run.ode_pairs.output_dir)
   return 0
 
 

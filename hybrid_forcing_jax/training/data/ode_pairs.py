@@ -49,17 +49,19 @@ def decode_record(data: bytes) -> dict[str, Any]:
 class OdePairWriter:
   """The shards of one output folder. `identity` is the config that decides the records (a flat dict of
   JSON values, keyed by config path); a folder made with another identity is refused, naming the
-  keys that differ, and nothing in it is touched. `timesteps`: the kept latents' timesteps [K]."""
+  keys that differ, and nothing in it is touched. `timesteps`: the kept latents' timesteps [K].
+  `config_key`: the folder's config key, for messages (make_teacher_rollouts writes the same format)."""
 
-  def __init__(self, folder: str, identity: dict, *, num_prompts: int, records_per_shard: int, timesteps):
+  def __init__(self, folder: str, identity: dict, *, num_prompts: int, records_per_shard: int, timesteps,
+               config_key: str = "ode_pairs.output_dir"):
     if records_per_shard < 1:
-      raise ValueError(f"ode_pairs.records_per_shard must be >= 1, got {records_per_shard}")
+      raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
     self.folder, self.num_prompts, self.records_per_shard = folder, num_prompts, records_per_shard
     self.num_shards = -(-num_prompts // records_per_shard)
     manifest = dict(format=FORMAT, config=_json(identity), num_prompts=num_prompts,
                     records_per_shard=records_per_shard, num_shards=self.num_shards,
                     timesteps=[float(t) for t in timesteps])
-    _check_folder(folder, manifest)
+    _check_folder(folder, manifest, config_key)
     self.manifest = manifest
 
   def shard_range(self, shard: int) -> range:
@@ -113,7 +115,7 @@ def _json(value):
   return json.loads(json.dumps(value))
 
 
-def _check_folder(folder: str, manifest: dict) -> None:
+def _check_folder(folder: str, manifest: dict, config_key: str) -> None:
   """Refuse a folder made with another config, or one that is not an ODE-pair folder; make sure it
   can be written. Writes nothing but the (empty) folder itself: the manifest comes with the first shard,
   so a run that fails before (a wrong teacher path, say) leaves no manifest to refuse its fixed rerun."""
@@ -125,10 +127,10 @@ def _check_folder(folder: str, manifest: dict) -> None:
             for k in sorted(set(old["config"]) | set(manifest["config"]))
             if old["config"].get(k) != manifest["config"].get(k)]
     if diff:
-      raise ValueError(f"ode_pairs.output_dir {folder!r} was made with a different config: {'; '.join(diff)}. "
-                       "Use another output_dir (nothing was changed)")
+      raise ValueError(f"{config_key} {folder!r} was made with a different config: {'; '.join(diff)}. "
+                       "Use another folder (nothing was changed)")
   elif os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-    raise ValueError(f"ode_pairs.output_dir {folder!r} exists but is not an ODE-pair folder (no {MANIFEST}); "
+    raise ValueError(f"{config_key} {folder!r} exists but is not an ODE-pair folder (no {MANIFEST}); "
                      "use an empty or new folder")
   try:
     os.makedirs(folder, exist_ok=True)
@@ -137,7 +139,7 @@ def _check_folder(folder: str, manifest: dict) -> None:
       pass
     os.remove(probe)
   except OSError as e:
-    raise ValueError(f"ode_pairs.output_dir {folder!r} cannot be written: {e.strerror or e}") from None
+    raise ValueError(f"{config_key} {folder!r} cannot be written: {e.strerror or e}") from None
 
 
 def _write_manifest(folder: str, manifest: dict) -> None:

@@ -1,0 +1,102 @@
+"""Precompute the teacher regulariser's targets (phase 2, paper Sec. 3.4) for `regulariser.source="records"`.
+
+  python -m hybrid_forcing_jax.make_teacher_rollouts --config=configs/hybrid.py
+  python -m hybrid_forcing_jax.make_teacher_rollouts --config=configs/hybrid.py:tiny --config.data.prompts=p.txt
+
+Per prompt i: the loss window's starting noise for the key fold_in(key(regulariser.seed), i)
+(training/rollout.py's window_noise, which the generator's window starts from for that key), then
+`regulariser.num_steps` Euler steps at `regulariser.shift` with CFG `regulariser.guidance` on x0 against
+`text.negative_prompt`; the final sample goes to `regulariser.records` (training/data/teacher_rollouts.py).
+The shards, the resume after a kill, the refusal of a folder made with another config, the teacher's
+sharding and the flags are make_ode_pairs' (training/teacher_records.py, the same machinery).
+"""
+from __future__ import annotations
+
+from absl import flags
+
+from hybrid_forcing_jax import cli
+from hybrid_forcing_jax.training import teacher_records
+from hybrid_forcing_jax.training.teacher_records import Job
+
+FLAGS = flags.FLAGS
+cli.define_config_flag("config", None, "A DMD config with a regulariser section, e.g. configs/hybrid.py "
+                       "(configs/hybrid.py:tiny on a CPU); override keys with --config.section.key=value",
+                       "make_teacher_rollouts")
+teacher_records.define_flags()
+
+
+def prepare(config) -> Job:
+  """Check every input before the teacher loads; cli.BadInput names the key, file or folder."""
+  from hybrid_forcing_jax.training.config import ConfigError, parse
+  from hybrid_forcing_jax.training.data import teacher_rollouts
+  from hybrid_forcing_jax.training.data.ode_pairs import OdePairWriter
+  from hybrid_forcing_jax.training.data.prompts import read_prompts
+  try:
+    run = parse(config)
+  except ConfigError as e:
+    raise cli.BadInput(str(e)) from None
+  if run.regulariser is None:
+    raise cli.BadInput(f"config.stage {run.stage!r} has no regulariser section (use configs/hybrid.py)")
+  r = run.regulariser
+  try:
+    prompts = read_prompts(run.data.prompts)
+  except (OSError, ValueError) as e:
+    raise cli.BadInput(f"config.data.prompts: {e}") from None
+  try:
+    writer = OdePairWriter(r.records, teacher_rollouts.identity(run, prompts), num_prompts=len(prompts),
+                           records_per_shard=r.records_per_shard, timesteps=teacher_rollouts.TIMESTEPS,
+                           config_key=teacher_rollouts.CONFIG_KEY)
+  except ValueError as e:
+    raise cli.BadInput(str(e)) from None
+  return Job(run, prompts, writer, teacher_rollouts.TIMESTEPS)
+
+
+def start_message(job: Job, pending: list[int]) -> str:
+  run, r = job.run, job.run.regulariser
+  weights = run.teacher.checkpoint or "RANDOM weights (teacher.checkpoint is empty)"
+  return (f"make_teacher_rollouts: teacher {run.teacher.preset} ({weights}); {len(job.prompts)} prompts -> "
+          f"{job.writer.num_shards} shards in {r.records} ({job.writer.num_shards - len(job.writer.pending())} "
+          f"already done; this run writes {len(pending)}).\n"
+          f"  {r.num_steps} Euler steps at shift {r.shift}, CFG {r.guidance} (u + g (c - u)) on x0 against the "
+          f"negative prompt, from the window noise of key fold_in(key({r.seed}), prompt index).")
+
+
+def make_sampler(model, run, mesh, params_sharding):
+  """jit(params, prompt_index [B], context [B, Lt, D], negative [Lt, D]) -> bfloat16 [B, 1, F, h, w, C]."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from hybrid_forcing_jax.training import sharding
+  from hybrid_forcing_jax.training.data.teacher_rollouts import noise_key
+  from hybrid_forcing_jax.training.guidance import text_kv
+  from hybrid_forcing_jax.training.rollout import window_noise
+  from hybrid_forcing_jax.training.teacher import euler_trajectory
+  r = run.regulariser
+
+  def sample(params, prompt_index, context, negative):
+    keys = jax.vmap(lambda i: noise_key(r.seed, i))(prompt_index)
+    noise = window_noise(keys, run.stream, loss_frames=run.data.num_frames, latent_hw=tuple(run.data.latent_hw),
+                         channels=model.config.in_dim)
+    latents = euler_trajectory(model, params, noise, text_kv(model, params, context),
+                               text_kv(model, params, negative[None]), num_steps=r.num_steps, shift=r.shift,
+                               guidance=r.guidance, keep=(r.num_steps,))
+    return latents.astype(jnp.bfloat16)
+
+  batch, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
+  return jax.jit(sample, in_shardings=(params_sharding, batch, batch, replicated), out_shardings=batch)
+
+
+def main(argv) -> int:
+  if FLAGS.config is None:
+    raise cli.BadInput("--config is required, e.g. --config=configs/hybrid.py (see --help)")
+  teacher_records.check_flags()
+  from hybrid_forcing_jax.training.sharding import initialize_distributed
+  initialize_distributed()
+  job = prepare(FLAGS.config)
+  done = teacher_records.sample_shards(job, make_sampler, start_message, **teacher_records.flag_values())
+  teacher_records.report(job, done, "make_teacher_rollouts", job.run.regulariser.records)
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main, "make_teacher_rollouts")
