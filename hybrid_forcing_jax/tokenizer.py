@@ -15,10 +15,14 @@ import numpy as np
 
 
 def load_tokenizer(folder: str):
-  """A transformers tokenizer from a local folder (e.g. a saved `google/umt5-xxl`); never downloads."""
+  """A transformers tokenizer from a local folder (e.g. a saved `google/umt5-xxl`; never downloads), or
+  the world model's word tokenizer from a folder holding its vocabulary."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"tokenizer folder {folder!r} does not exist (save `google/umt5-xxl`'s tokenizer "
                             "there with AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
+  from hybrid_forcing_jax.world import tokenizer as world_tokenizer
+  if os.path.isfile(os.path.join(folder, world_tokenizer.VOCAB_FILE)):  # the world model's word tokenizer
+    return world_tokenizer.WordTokenizer.load(folder)
   from transformers import AutoTokenizer
   try:
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
