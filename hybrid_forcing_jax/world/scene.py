@@ -124,7 +124,7 @@ def long_memory_scene(rng: np.random.Generator, config: WorldConfig, split: str 
   entry = n[a] + r - 0.5 * v if s < 0 else -r + 0.5 * v   # a half step inside at frame `appear`
   start = np.empty(2)
   start[a] = entry - s * v * appear
-  start[1 - a] = rng.uniform(r, n[1 - a] - r)
+  start[1 - a] = rng.uniform(r + 1, n[1 - a] - r - 1)   # off the border, so it is seen whole while crossing
   m = 0.5 * (v * (back - appear) - n[a])
   lo, hi = np.full(2, r), n - r
   lo[a], hi[a] = (-m, start[a] + v) if s < 0 else (start[a] - v, n[a] + m)
