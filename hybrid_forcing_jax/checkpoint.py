@@ -7,15 +7,15 @@ checkpoint is one immutable set of named tensors: it memory-maps, loads tensor b
 torch, and any other tool can read it. (Training state, which is sharded and written while training
 runs, uses orbax.)
 
-Each model kind (`wan_dit`, and the VAE and text encoder) registers how to build its config and its
-expected parameter shapes; loading checks every key and shape against them.
+Each model kind (`wan_dit`, and the VAE and text encoder) has its config class and expected parameter
+shapes in models.py's table; loading and saving check every key and shape against them.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,58 +23,12 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from hybrid_forcing_jax.models import ModelKind, get_model_kind
+from hybrid_forcing_jax.param_tree import flatten, unflatten  # noqa: F401  (re-exported: callers' names)
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelKind:
-  """How to rebuild a model of this kind: its config class and its expected parameter tree."""
-  name: str
-  config_from_dict: Callable[[dict], Any]
-  param_shapes: Callable[[Any], Any]  # config -> pytree of jax.ShapeDtypeStruct (storage dtypes)
-
-
-MODEL_KINDS: dict[str, ModelKind] = {}
-
-
-def register_model_kind(kind: ModelKind) -> ModelKind:
-  MODEL_KINDS[kind.name] = kind
-  return kind
-
-
-def get_model_kind(name: str) -> ModelKind:
-  _register_builtin_kinds()
-  if name not in MODEL_KINDS:
-    raise ValueError(f"unknown model kind {name!r}; known kinds: {sorted(MODEL_KINDS)}")
-  return MODEL_KINDS[name]
-
-
-def _register_builtin_kinds():
-  # Imported lazily so that this module stays importable without every model.
-  from hybrid_forcing_jax import dit  # noqa: F401  (dit registers `wan_dit`)
-  from hybrid_forcing_jax import vae  # noqa: F401  (registers `wan_vae`)
-  from hybrid_forcing_jax import text_encoder  # noqa: F401  (registers `umt5`)
-
-
-def flatten(tree) -> dict[str, Any]:
-  """{'blocks': {'self_attn': {'q': {'weight': a}}}} -> {'blocks.self_attn.q.weight': a}."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    flat[".".join(str(getattr(p, "key", p)) for p in path)] = leaf
-  return flat
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-  tree: dict = {}
-  for name, leaf in flat.items():
-    node = tree
-    *parents, last = name.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return tree
 
 
 def expected_shapes(kind: ModelKind, config) -> dict[str, jax.ShapeDtypeStruct]:

@@ -3,7 +3,7 @@
 Latents are channels-last, x [B, F, H, W, C]; timesteps are per latent frame, t [B, F]. The 30 (or 40)
 blocks are one `nn.scan` over stacked parameters, so compile time does not grow with depth. The
 parameter tree carries Wan's original names (`blocks.self_attn.q.weight`, stacked over layers on axis
-0); see hybrid_forcing_jax/checkpoint.py.
+0); see hybrid_forcing_jax/checkpoint.py (files) and models.py (the kind table).
 
 Attention layouts (`AttentionLayout`) and the methods that run them:
   * bidirectional (`__call__`): every token sees every token (teacher, critic);
@@ -28,7 +28,6 @@ from flax import struct
 from hybrid_forcing_jax.attention import attention
 from hybrid_forcing_jax.attention.hybrid import CacheView, LayerCache, stream_attention
 from hybrid_forcing_jax.attention.prefix import prefix_attention
-from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
 from hybrid_forcing_jax.config import WanConfig
 from hybrid_forcing_jax.layers import Dtype, LayerNorm, Linear, RMSNorm, gelu_tanh, layer_norm
 from hybrid_forcing_jax.rope import apply_rope, rope_tables
@@ -412,5 +411,3 @@ def param_shapes(config: WanConfig, param_dtype=jnp.bfloat16) -> Any:
   """The parameter tree as ShapeDtypeStructs, without allocating it."""
   return jax.eval_shape(lambda k: init_params(config, k, param_dtype=param_dtype), jax.random.key(0))
 
-
-register_model_kind(ModelKind("wan_dit", WanConfig.from_dict, param_shapes))

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
 from hybrid_forcing_jax.config_io import JsonConfig
 from hybrid_forcing_jax import layers
 from hybrid_forcing_jax.layers import Dtype, RMSNorm, gelu_tanh
@@ -233,8 +232,6 @@ def init_params(config: UMT5Config, key, *, param_dtype=jnp.bfloat16, length: in
 def param_shapes(config: UMT5Config, param_dtype=jnp.bfloat16) -> Any:
   return jax.eval_shape(lambda k: init_params(config, k, param_dtype=param_dtype), jax.random.key(0))
 
-
-register_model_kind(ModelKind("umt5", UMT5Config.from_dict, param_shapes))
 
 
 class TextEncoder:

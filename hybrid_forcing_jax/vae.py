@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_forcing_jax import vae_layers as L
-from hybrid_forcing_jax.checkpoint import ModelKind, register_model_kind
 from hybrid_forcing_jax.config_io import JsonConfig
+from hybrid_forcing_jax.param_tree import unflatten
 from hybrid_forcing_jax.vae_layers import VaeOptions
 
 # Per-channel statistics of Wan2.1's latents (wan/modules/vae.py, WanVAE.__init__).
@@ -170,14 +170,12 @@ def _storage_dtype(name: str, param_dtype):
 
 
 def param_shapes(config: VaeConfig, param_dtype=jnp.bfloat16) -> dict:
-  from hybrid_forcing_jax.checkpoint import unflatten
   return unflatten({n: jax.ShapeDtypeStruct(s, _storage_dtype(n, param_dtype))
                     for n, s in _param_spec(config).items()})
 
 
 def init_params(config: VaeConfig, seed: int = 0, param_dtype=jnp.bfloat16) -> dict:
   """Random parameters on the host (fan-in scaled), for tests and benchmarks without a checkpoint."""
-  from hybrid_forcing_jax.checkpoint import unflatten
   rng = np.random.default_rng(seed)
   flat = {}
   for name, shape in _param_spec(config).items():
@@ -190,8 +188,6 @@ def init_params(config: VaeConfig, seed: int = 0, param_dtype=jnp.bfloat16) -> d
     flat[name] = jnp.asarray(v, _storage_dtype(name, param_dtype))
   return unflatten(flat)
 
-
-register_model_kind(ModelKind("wan_vae", VaeConfig.from_dict, param_shapes))
 
 
 # ---------------------------------------------------------------------------------------------
