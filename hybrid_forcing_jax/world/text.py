@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
+from hybrid_forcing_jax.checkpoint import save_checkpoint
+from hybrid_forcing_jax.param_tree import flatten
 from hybrid_forcing_jax.text_encoder import TextEncoder, UMT5Config, init_params
 from hybrid_forcing_jax.world import grammar
 from hybrid_forcing_jax.world.tokenizer import WordTokenizer
