@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from hybrid_forcing_jax import dit, text_encoder, vae
 from hybrid_forcing_jax.config import WanConfig
+from hybrid_forcing_jax.world.codec import PixelCodecConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,9 @@ MODEL_KINDS = {kind.name: kind for kind in (
     ModelKind("wan_dit", WanConfig.from_dict, dit.param_shapes),
     ModelKind("wan_vae", vae.VaeConfig.from_dict, vae.param_shapes),
     ModelKind("umt5", text_encoder.UMT5Config.from_dict, text_encoder.param_shapes),
+    # The world's lossless codec has no parameters: its folder holds the config and an empty weights
+    # file, so it loads, and is told apart from a VAE, like every other converted folder.
+    ModelKind("pixel_codec", PixelCodecConfig.from_dict, lambda config: {}),
 )}
 
 

@@ -18,13 +18,16 @@ from hybrid_forcing_jax.checkpoint import load_checkpoint
 from hybrid_forcing_jax.config import WanConfig, tiny_config
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.dit import init_params as init_dit_params
+from hybrid_forcing_jax.latent_codec import load_latent_codec
 from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
-from hybrid_forcing_jax.text_encoder import PromptEmbeddingCache, TextEncoder, tiny_umt5_config
+from hybrid_forcing_jax.text_encoder import TEXT_LEN, PromptEmbeddingCache, TextEncoder, tiny_umt5_config
 from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
-from hybrid_forcing_jax.tokenizer import byte_tokenize
+from hybrid_forcing_jax.tokenizer import byte_tokenize, load_tokenizer
 from hybrid_forcing_jax.vae import WanVAE, tiny_vae_config
 from hybrid_forcing_jax.vae import init_params as init_vae_params
+from hybrid_forcing_jax.world import text as world_text
+from hybrid_forcing_jax.world.tokenizer import WordTokenizer
 
 
 @dataclasses.dataclass
@@ -32,7 +35,7 @@ class StreamingPipeline:
   dit: WanDiT
   dit_params: dict
   stream: StreamConfig
-  vae: WanVAE
+  vae: WanVAE        # or the world's PixelCodec: any latent codec of latent_codec.py
   vae_params: dict
   embed: Callable[[Sequence[str]], jnp.ndarray]  # prompts -> [B, text_len, text_dim]
   random_weights: bool = False
@@ -95,17 +98,23 @@ def to_uint8(video):
 
 def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,
                      attention_backend: str = "auto") -> StreamingPipeline:
-  """Converted checkpoint folders (python -m convert) and a local umT5 tokenizer folder."""
+  """Converted checkpoint folders (python -m convert) and a local umT5 tokenizer folder; or the world's
+  model: its DiT, its pixel-codec folder as `vae` (latent_codec.py) and its text folders (world/text.py)."""
   dit_config, dit_params = load_checkpoint(dit, "wan_dit")
-  vae_config, vae_params = load_checkpoint(vae, "wan_vae")
-  encoder = TextEncoder.from_checkpoint(text_encoder, tokenizer)
+  codec, codec_params = load_latent_codec(vae)
+  words = load_tokenizer(tokenizer)
+  # Prompts are padded to the length the DiT was trained with (padding rows reach its cross-attention):
+  # Wan's 512, the world's 32.
+  text_len = world_text.TEXT_LEN if isinstance(words, WordTokenizer) else TEXT_LEN
+  encoder = TextEncoder.from_checkpoint(text_encoder, words, text_len=text_len)
   if encoder.config.dim != dit_config.text_dim:
     raise ValueError(f"text encoder {text_encoder!r} has dim {encoder.config.dim}, the DiT expects "
                      f"text_dim {dit_config.text_dim}")
-  if vae_config.z_dim != dit_config.in_dim:
-    raise ValueError(f"VAE {vae!r} has z_dim {vae_config.z_dim}, the DiT expects {dit_config.in_dim} channels")
+  if codec.config.z_dim != dit_config.in_dim:
+    raise ValueError(f"latent codec {vae!r} has z_dim {codec.config.z_dim}, the DiT expects {dit_config.in_dim} "
+                     "channels")
   model = WanDiT(dit_config, attention_backend=attention_backend)
-  return StreamingPipeline(model, dit_params, stream, WanVAE(vae_config), vae_params, encoder.encode)
+  return StreamingPipeline(model, dit_params, stream, codec, codec_params, encoder.encode)
 
 
 def builtin_random(stream: StreamConfig, seed: int = 0) -> StreamingPipeline:

@@ -52,9 +52,10 @@ flags.DEFINE_boolean("overwrite", False, "Replace existing output files (once th
 flags.DEFINE_integer("width", None, "Width in pixels, a multiple of 16 (default 832; built-in model 128)")
 flags.DEFINE_integer("height", None, "Height in pixels, a multiple of 16 (default 480; built-in model 128)")
 flags.DEFINE_string("dit", None, "Converted DiT folder (python -m convert --model=dit)")
-flags.DEFINE_string("vae", None, "Converted VAE folder (python -m convert --model=vae)")
-flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m convert --model=t5)")
-flags.DEFINE_string("tokenizer", None, "Local google/umt5-xxl tokenizer folder")
+flags.DEFINE_string("vae", None, "Latent codec folder: a converted VAE (python -m convert --model=vae) or the "
+                    "world's pixel codec (latent_codec.save_pixel_codec)")
+flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m convert --model=t5), or the world's")
+flags.DEFINE_string("tokenizer", None, "Local google/umt5-xxl tokenizer folder, or the world's word tokenizer folder")
 flags.DEFINE_boolean("recache", True, "On a prompt switch, re-encode the cached window under the new prompt")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend (auto, xla, cudnn, pallas_triton, pallas_mosaic)")
 flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid_forcing_jax", "xla"),

@@ -1,0 +1,31 @@
+"""The latent codec of a run, chosen by its folder: the Wan VAE (`python -m convert --model=vae`) or the
+world's lossless pixel codec (`save_pixel_codec`). Both have the same encode / streaming-decode
+interface (`encode(params, video)`, `decode_chunk(params, z, cache)`, `config.z_dim`,
+`config.spatial_factor`, `config.temporal_factor`, `options.dtype`), so the pipeline, `sample`, the
+evaluation and the trainer take either one from the same kind of folder:
+
+    codec, params = load_latent_codec("ckpt/vae")          # WanVAE, its parameters
+    codec, params = load_latent_codec("ckpt/world_codec")  # PixelCodec, {}
+"""
+from __future__ import annotations
+
+from hybrid_forcing_jax.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from hybrid_forcing_jax.vae import WanVAE
+from hybrid_forcing_jax.world.codec import PixelCodec, PixelCodecConfig
+
+# Checkpoint kind -> the codec class built from its config.
+CODECS = {"wan_vae": WanVAE, "pixel_codec": PixelCodec}
+
+
+def load_latent_codec(folder: str):
+  """A codec folder -> (codec, params). Any other checkpoint kind is refused, naming it."""
+  kind = read_meta(folder)["model"]
+  if kind not in CODECS:
+    raise ValueError(f"{folder}: holds a {kind!r} checkpoint, not a latent codec (one of {sorted(CODECS)})")
+  config, params = load_checkpoint(folder, kind)
+  return CODECS[kind](config), params
+
+
+def save_pixel_codec(folder: str, config: PixelCodecConfig = PixelCodecConfig()) -> None:
+  """Write a pixel-codec folder: config.json and an empty weights file (the codec has no parameters)."""
+  save_checkpoint(folder, "pixel_codec", config, {})
