@@ -51,3 +51,23 @@ def write_tiny_inputs(folder: str, num_prompts: int = 4, seed: int = 0) -> None:
       for i in writer.shard_range(shard):
         x0, eps = rng.standard_normal(shape), rng.standard_normal(shape)
         w.write(prompts[i], i, np.stack([(1 - s) * x0 + s * eps for s in sigmas]))
+
+
+def write_tiny_dit(folder: str, seed: int, **overrides) -> str:
+  """A converted tiny DiT folder with random weights, its output head random too (Wan zero-initialises
+  it, which makes every random model predict v = 0: teacher and critic would agree exactly)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from hybrid_forcing_jax import dit
+  from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
+  from hybrid_forcing_jax.config import tiny_config
+
+  config = tiny_config(**overrides)
+  key_init, key_head = jax.random.split(jax.random.key(seed))
+  params = flatten(dit.init_params(config, key_init, param_dtype=jnp.float32))
+  head = "head.head.weight"
+  params[head] = 0.1 * jax.random.normal(key_head, params[head].shape, jnp.float32)
+  save_checkpoint(folder, "wan_dit", config, {k: np.asarray(v) for k, v in params.items()})
+  return folder

@@ -36,6 +36,7 @@ class Update:
 class Stage:
   updates: tuple             # of Update
   frozen: Any = None         # parameters the updates read and none trains (DMD's teacher); not checkpointed
+  frozen_shardings: Callable | None = None   # mesh -> shardings of `frozen`
   critic: Any = None         # DMD's fake score (float32 masters) and its optimiser, in the TrainState
   critic_optimizer: Any = None
 

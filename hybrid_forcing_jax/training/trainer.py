@@ -78,7 +78,7 @@ class Job:
                        critic=stage.critic, critic_opt_state=critic_opt_state)
     state_shardings = sharding.train_state_shardings(self.mesh, optimizer, state, stage.critic_optimizer)
     batch_sharding = sharding.batch_sharding(self.mesh)
-    frozen_shardings = None if stage.frozen is None else sharding.param_shardings(self.mesh, stage.frozen)
+    frozen_shardings = None if stage.frozen is None else stage.frozen_shardings(self.mesh)
     frozen = None if stage.frozen is None else jax.device_put(stage.frozen, frozen_shardings)
     step_fns = [steps.jit_train_step(u.step_fn, state_shardings, batch_sharding, frozen_shardings)
                 for u in stage.updates]
@@ -119,7 +119,8 @@ class Job:
     step = start
 
     def data_state():
-      return {"iterators": [it.get_state() for it in iterators], "latest_metrics": latest}
+      # copies: the checkpoint is written in the background while the loop goes on
+      return {"iterators": [it.get_state() for it in iterators], "latest_metrics": [dict(m) for m in latest]}
 
     try:
       while step < t.steps:
@@ -155,13 +156,17 @@ class Job:
 
 
 def logged_metrics(updates, latest) -> dict[str, float]:
-  """One record: each update's latest metrics under its name ("<name>/<metric>", plus "<name>/at_step",
-  the step it last ran at, for updates that do not run every step)."""
+  """One record: each update's latest metrics under its name, "<name>/<metric>" (a metric already named
+  "<name>_x" becomes "<name>/x"), plus "<name>/at_step", the step it last ran at, for updates that do not
+  run every step. An update named "" logs its metrics as they are."""
   record = {}
   for update, values in zip(updates, latest):
     for key, value in values.items():
-      if key != "at_step" or update.every > 1:
-        record[f"{update.name}/{key}" if update.name else key] = value
+      if key == "at_step" and update.every == 1:
+        continue
+      if update.name:
+        key = f"{update.name}/{key.removeprefix(update.name + '_')}"
+      record[key] = value
   return record
 
 
