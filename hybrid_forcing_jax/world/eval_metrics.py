@@ -1,0 +1,51 @@
+"""Scores of one generated world video against what its example says, read by world/detect.py. Every
+score is in [0, 1]; on the ground-truth video the correctness scores are 1 (tests/test_world_eval.py).
+
+  prompt_scores   colour, shape and direction read back equal the caption's; all three at once.
+  window_scores   per window (5 s): the object is present in at least half its frames with the
+                  caption's colour; drift = total-variation distance between the window's colour
+                  histogram and the first window's (0: the same colours in the same amounts).
+  return_scores   the long-memory return: the object is back in frames [start, stop), and with the
+                  colour it had before it left (which the caption never says).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hybrid_forcing_jax.world.detect import Detection
+
+HISTOGRAM_BINS = 8   # per channel: 512 joint bins; every palette colour and background falls in its own
+
+
+def prompt_scores(detection: Detection, example: dict) -> dict[str, float]:
+  scores = {k: float(getattr(detection, k) == example[k]) for k in ("colour", "shape", "direction")}
+  scores["all"] = float(all(scores.values()))
+  return scores
+
+
+def colour_histogram(frames: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+  """uint8 frames [T, H, W, 3] -> the share of pixels in each of bins^3 colour cells, float64."""
+  cells = (frames.reshape(-1, 3).astype(np.int64) * bins) // 256
+  index = (cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]
+  return np.bincount(index, minlength=bins ** 3) / len(index)
+
+
+def histogram_distance(p: np.ndarray, q: np.ndarray) -> float:
+  """Total variation distance, in [0, 1]."""
+  return 0.5 * float(np.abs(p - q).sum())
+
+
+def window_scores(video: np.ndarray, detection: Detection, colour: str, window: int) -> list[dict[str, float]]:
+  """One {"object", "drift"} per whole window of `window` frames."""
+  first = colour_histogram(video[:window])
+  out = []
+  for start in range(0, len(video) - window + 1, window):
+    stop = start + window
+    there = detection.present[start:stop].mean() >= 0.5 and detection.colour_between(start, stop) == colour
+    out.append({"object": float(there), "drift": histogram_distance(colour_histogram(video[start:stop]), first)})
+  return out
+
+
+def return_scores(detection: Detection, colour: str, start: int, stop: int) -> dict[str, float]:
+  back = detection.colour_between(start, stop)
+  return {"colour": float(back == colour), "back": float(back is not None)}

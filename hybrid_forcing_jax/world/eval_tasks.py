@@ -1,0 +1,87 @@
+"""The world evaluation's three measurements, for any generator of world/eval_generators.py. Each
+renders its examples (example i of a split is a pure function of (seed, split, i)), generates them in
+batches and averages world/eval_metrics.py's scores. The protocols (docs/world.md, Evaluation):
+
+  prompt_following  split `heldout` (colour-shape-direction combinations training never rendered),
+                    every caption saying colour, shape and direction; videos of the training length.
+  long_horizon      split `train`, bouncing scenes only (the object never leaves the picture, so it
+                    must be there in every window) with full captions; `seconds` of video, scored per
+                    5-second window.
+  long_memory       split `long_memory`: the object enters after the sink, leaves, and comes back;
+                    the caption never says its colour. The generator is teacher-forced on the ground
+                    truth's first chunks up to the frame where the object has left (it SAW the object),
+                    then generates; scored on the colour at the return. Chance is 1 / number of colours.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from hybrid_forcing_jax.world import grammar
+from hybrid_forcing_jax.world.dataset import world_example
+from hybrid_forcing_jax.world.detect import detect
+from hybrid_forcing_jax.world.eval_generators import PrefixUnsupported
+from hybrid_forcing_jax.world.eval_metrics import prompt_scores, return_scores, window_scores
+from hybrid_forcing_jax.world.scene import WorldConfig
+
+WINDOW_SECONDS = 5
+TASKS = ("prompt_following", "long_horizon", "long_memory")
+
+
+def _batches(world: WorldConfig, split: str, num_videos: int, seed: int, batch_size: int):
+  examples = [world_example(world, split, seed, i) for i in range(num_videos)]
+  for start in range(0, num_videos, batch_size):
+    yield start // batch_size, examples[start:start + batch_size]
+
+
+def _key(seed: int, task: str, batch: int):
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), TASKS.index(task)), batch)
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int) -> dict:
+  world = dataclasses.replace(world, omit_probability=0.0)
+  rows = []
+  for batch, examples in _batches(world, "heldout", num_videos, seed, batch_size):
+    videos = generate(examples, world.num_frames, _key(seed, "prompt_following", batch))
+    rows += [prompt_scores(detect(v), e) for v, e in zip(videos, examples)]
+  return {**_mean(rows), "videos": len(rows)}
+
+
+def long_horizon(generate, world: WorldConfig, *, seconds: float, num_videos: int, seed: int,
+                 batch_size: int) -> dict:
+  window = WINDOW_SECONDS * world.fps
+  frames = int(round(seconds * world.fps))
+  if frames < window:
+    raise ValueError(f"long horizon: {seconds} s is shorter than one {WINDOW_SECONDS}-second window")
+  world = dataclasses.replace(world, num_frames=frames, omit_probability=0.0, leaving_fraction=0.0,
+                              long_memory_fraction=0.0)
+  per_video = []
+  for batch, examples in _batches(world, "train", num_videos, seed, batch_size):
+    videos = generate(examples, frames, _key(seed, "long_horizon", batch))
+    per_video += [window_scores(v, detect(v), e["colour"], window) for v, e in zip(videos, examples)]
+  windows = [_mean([scores[i] for scores in per_video]) for i in range(len(per_video[0]))]
+  return {"window_seconds": WINDOW_SECONDS, "object": [w["object"] for w in windows],
+          "drift": [w["drift"] for w in windows], "videos": len(per_video)}
+
+
+def long_memory(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int) -> dict | None:
+  """None where the generator cannot be teacher-forced (the bidirectional teacher)."""
+  appear, leave, back = world.long_memory_frames
+  try:
+    prefix = generate.prefix_frames(leave)
+  except PrefixUnsupported:
+    return None
+  if prefix > back:
+    raise ValueError(f"long memory: the teacher-forced prefix needs {prefix} frames to cover frame {leave}, past "
+                     f"the return at frame {back}")
+  rows = []
+  for batch, examples in _batches(world, "long_memory", num_videos, seed, batch_size):
+    videos = generate(examples, world.num_frames, _key(seed, "long_memory", batch), prefix_frames=prefix)
+    rows += [return_scores(detect(v), e["colour"], back, world.num_frames) for v, e in zip(videos, examples)]
+  return {**_mean(rows), "chance": 1.0 / len(grammar.COLOURS), "prefix_frames": prefix, "videos": len(rows)}
