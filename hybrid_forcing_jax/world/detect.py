@@ -8,8 +8,10 @@ purple on grey, differs by 72); the object is present when there are at least `m
 picture's pixels. Its colour is the palette colour nearest to the foreground's median colour. Over the
 video: the colour is the majority of the frames' colours; the shape comes from the median share of its
 bounding box that the object fills (square 1, circle pi/4, triangle 1/2; only frames where the box
-does not touch the border); the direction from the centroid's displacement over the first
-`direction_frames` frames of its first visible run (the world keeps the caption's direction that long).
+does not touch the border, unless it touches it in every frame: an object gliding along a wall is
+whole, and a partly hidden one is still better guessed than not); the direction from the centroid's
+displacement over the first `direction_frames` frames of its first visible run (the world keeps the
+caption's direction that long).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ SQUARE_ABOVE, TRIANGLE_BELOW = 0.93, 0.65
 @dataclasses.dataclass(frozen=True)
 class Detection:
   colour: str | None        # None: the object was never seen
-  shape: str | None         # None: never seen whole (its box always touched the border)
+  shape: str | None         # None: never seen
   direction: str | None     # None: seen in fewer than 2 consecutive frames
   background: str
   present: np.ndarray       # bool [T]
@@ -52,14 +54,14 @@ def detect(video: np.ndarray, *, threshold: int = 40, min_fraction: float = 0.00
   present = foreground.sum((1, 2)) >= max(1, min_fraction * h * w)
   centroids = np.full((t, 2), np.nan)
   frame_colours: list[str | None] = [None] * t
-  fills = []
+  fills, edge_fills = [], []
   for i in np.nonzero(present)[0]:
     ys, xs = np.nonzero(foreground[i])
     centroids[i] = ys.mean(), xs.mean()
     frame_colours[i] = _nearest(grammar.COLOURS, np.median(video[i][foreground[i]], axis=0))
-    if ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1 and xs.max() < w - 1:
-      fills.append(len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
-  return Detection(colour=_majority(frame_colours), shape=_shape(fills),
+    inside = ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1 and xs.max() < w - 1
+    (fills if inside else edge_fills).append(len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
+  return Detection(colour=_majority(frame_colours), shape=_shape(fills or edge_fills),
                    direction=_direction(present, centroids, direction_frames),
                    background=_nearest(grammar.BACKGROUNDS, np.median(backgrounds, axis=0)),
                    present=present, centroids=centroids, frame_colours=tuple(frame_colours))

@@ -1,0 +1,120 @@
+"""`python -m hybrid_forcing_jax.evaluate_world`: the measurements read back what the examples say on the
+world's own videos (1.0 everywhere), the teacher-forced prefix of the long-memory protocol is exactly the
+ground truth's frames, and the script runs end to end on a tiny random model and prints its tables."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybrid_forcing_jax.dit import WanDiT
+from hybrid_forcing_jax.streaming.config import StreamConfig
+from hybrid_forcing_jax.world import eval_tasks
+from hybrid_forcing_jax.world.codec import PixelCodec
+from hybrid_forcing_jax.world.dataset import world_example
+from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator
+from hybrid_forcing_jax.world.eval_metrics import colour_histogram, histogram_distance
+from hybrid_forcing_jax.world.scene import WorldConfig
+from hybrid_forcing_jax.world.text import world_text_encoder
+from tests.world_fixtures import save_world_model, world_dit_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_WORLD = WorldConfig(height=32, width=32)   # 8x8 tokens a latent frame: the model runs stay quick
+STREAM = StreamConfig(sparse_ratio=None)          # Hybrid Forcing's sink, window, linear memory, relative RoPE
+
+
+def test_ground_truth_scores_one_everywhere():
+  world, truth = WorldConfig(), GroundTruth()
+  common = dict(seed=3, batch_size=5)
+  following = eval_tasks.prompt_following(truth, world, num_videos=12, **common)
+  assert following == {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "videos": 12}
+  horizon = eval_tasks.long_horizon(truth, world, seconds=20, num_videos=4, **common)
+  assert horizon["object"] == [1.0] * 4 and max(horizon["drift"]) < 0.01
+  memory = eval_tasks.long_memory(truth, world, num_videos=12, **common)
+  assert memory["colour"] == 1.0 and memory["back"] == 1.0 and memory["chance"] == pytest.approx(1 / 6)
+
+
+def test_drift_is_the_total_variation_of_colour_histograms():
+  grey = np.full((2, 4, 4, 3), 128, np.uint8)
+  half_red = grey.copy()
+  half_red[:, :2] = (220, 40, 40)
+  assert histogram_distance(colour_histogram(grey), colour_histogram(grey)) == 0.0
+  assert histogram_distance(colour_histogram(grey), colour_histogram(half_red)) == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_world_model():
+  config = world_dit_config(linear_proj=True)
+  from hybrid_forcing_jax.dit import init_params
+  params = init_params(config, jax.random.key(0), param_dtype=jnp.float32)
+  model = WanDiT(config, dtype=jnp.float32, param_dtype=jnp.float32, attention_backend="xla")
+  return model, params, world_text_encoder().encode
+
+
+def test_long_memory_prefix_is_the_ground_truth_then_the_model_generates(tiny_world_model):
+  model, params, embed = tiny_world_model
+  generate = StreamGenerator(model, params, STREAM, PixelCodec(), {}, embed)
+  prefix = generate.prefix_frames(SMALL_WORLD.long_memory_frames[1])
+  assert prefix == 33   # chunks of 9 + 12 + 12 frames cover the frames up to where the object has left
+  example = world_example(SMALL_WORLD, "long_memory", 0, 0)
+  video = generate([example], 45, jax.random.key(0), prefix_frames=prefix)[0]
+  assert video.shape == (45, 32, 32, 3)
+  np.testing.assert_array_equal(video[:prefix], example["video"][:prefix])   # lossless codec, written not generated
+  assert np.abs(video[prefix:].astype(int) - example["video"][prefix:45]).max() > 0
+
+
+def test_teacher_rows_have_no_prefix_and_score_in_unit_range(tiny_world_model):
+  model, params, embed = tiny_world_model
+  teacher = TeacherGenerator(model, params, PixelCodec(), {}, embed, negative_prompt="", num_steps=2, shift=5.0,
+                             guidance_scale=3.0)
+  scores = eval_tasks.prompt_following(teacher, SMALL_WORLD, num_videos=2, seed=0, batch_size=2)
+  assert all(0.0 <= scores[k] <= 1.0 for k in ("colour", "shape", "direction", "all"))
+  assert eval_tasks.long_memory(teacher, SMALL_WORLD, num_videos=2, seed=0, batch_size=2) is None
+
+
+def run_evaluate(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "hybrid_forcing_jax.evaluate_world", *args], capture_output=True,
+                        text=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=timeout)
+
+
+def test_cli_prints_the_tables_for_a_random_model(tmp_path):
+  folders = save_world_model(str(tmp_path / "model"))
+  config = tmp_path / "small_world.py"
+  config.write_text("import ml_collections\nfrom configs import hybrid\n\n\ndef get_config():\n"
+                    "  c = hybrid.get_config()\n  c.stream.sparse_ratio = None\n"
+                    "  c.world = ml_collections.ConfigDict(dict(height=32, width=32))\n  return c\n")
+  out = tmp_path / "results.json"
+  done = run_evaluate(f"--config={config}", f"--dit={folders['dit']}", f"--text={folders['text']}",
+                      f"--codec={folders['codec']}", "--random", "--ground_truth", "--num_videos=1",
+                      "--horizon_seconds=5", "--attention_backend=xla", f"--output_json={out}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  for needle in ("Prompt following", "Long horizon", "Long memory", "random weights", "ground truth", "0-5s"):
+    assert needle in done.stdout
+  results = json.loads(out.read_text())["results"]
+  assert list(results) == ["dit", "random weights", "ground truth"]
+  values = [v for row in results.values() for task in row.values() for k, v in task.items()
+            if k not in ("videos", "prefix_frames", "window_seconds")]
+  flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
+  assert flat and all(0.0 <= x <= 1.0 for x in flat)
+  truth = results["ground truth"]
+  assert truth["prompt_following"]["all"] == 1.0 and truth["long_horizon"]["object"] == [1.0]
+  assert truth["long_memory"]["colour"] == 1.0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config=configs/hybrid.py"], "nothing to evaluate"),
+    (["--config=configs/hybrid.py", "--random", "--ground_truth"], "--random needs --dit"),
+    (["--config=configs/hybrid.py", "--dit=/nonexistent", "--text=/x", "--codec=/y"], "--dit='/nonexistent' is not a folder"),
+    (["--config=configs/hybrid.py", "--ground_truth", "--tasks=speed"], "--tasks: unknown ['speed']"),
+    (["--ground_truth"], "give --config"),
+])
+def test_bad_input_exits_2_with_one_line(args, needle):
+  done = run_evaluate(*args, timeout=120)
+  assert done.returncode == 2, done.stderr[-1000:]
+  assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
