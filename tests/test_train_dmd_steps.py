@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.training import optim, steps
 from hybrid_forcing_jax.training.dmd_setup import DmdSetup
 from hybrid_forcing_jax.training.losses.critic_step import critic_loss
