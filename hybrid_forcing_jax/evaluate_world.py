@@ -14,7 +14,6 @@ it has one, else WorldConfig's defaults. Every value is in [0, 1]. Exit statuses
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -171,7 +170,7 @@ def number(x) -> str:
   return "n/a" if x is None else f"{x:.3f}"
 
 
-def report(results: dict, stream, world, memory_note: str | None) -> str:
+def report(results: dict, world, memory_note: str | None) -> str:
   parts = []
   names = list(results)
   if "prompt_following" in FLAGS.tasks:
@@ -222,7 +221,7 @@ def main(argv) -> int:
   results = evaluate(rows, world)
   codecs = [g.codec for g in rows.values() if hasattr(g, "codec")]
   note = memory_note(stream, world, codecs[0].config.temporal_factor if codecs else 4)
-  print(report(results, stream, world, note))
+  print(report(results, world, note))
   if FLAGS.output_json:
     with open(FLAGS.output_json, "w") as f:
       json.dump({"results": results, "stream": stream.to_dict(), "world": world.to_dict(),
