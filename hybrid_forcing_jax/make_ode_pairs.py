@@ -30,6 +30,9 @@ cli.define_config_flag("config", None, "Config with an ode_pairs section, e.g. c
                        "(configs/ode_init.py:tiny on a CPU); override keys with --config.section.key=value",
                        "make_ode_pairs")
 teacher_records.define_flags()
+# Defined in those modules: listed by --help as this command's own.
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(teacher_records)
 
 
 def prepare(config) -> Job:

@@ -23,6 +23,9 @@ cli.define_config_flag("config", None, "A DMD config with a regulariser section,
                        "(configs/hybrid.py:tiny on a CPU); override keys with --config.section.key=value",
                        "make_teacher_rollouts")
 teacher_records.define_flags()
+# Defined in those modules: listed by --help as this command's own.
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(teacher_records)
 
 
 def prepare(config) -> Job:

@@ -10,7 +10,8 @@ import pytest
 from hybrid_forcing_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = ["hybrid_forcing_jax.sample", "convert", "hybrid_forcing_jax.train", "hybrid_forcing_jax.make_ode_pairs"]
+ENTRY_POINTS = ["hybrid_forcing_jax.sample", "convert", "hybrid_forcing_jax.train", "hybrid_forcing_jax.make_ode_pairs",
+                "hybrid_forcing_jax.make_teacher_rollouts", "hybrid_forcing_jax.evaluate_world"]
 
 
 def run(module, *args):
