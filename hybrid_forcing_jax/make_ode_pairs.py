@@ -15,10 +15,6 @@ each process takes every process_count-th shard.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-
 from absl import flags
 
 from hybrid_forcing_jax import cli
@@ -37,43 +33,26 @@ flags.adopt_module_key_flags(teacher_records)
 
 def prepare(config) -> Job:
   """Check every input before the teacher loads; cli.BadInput names the key, file or folder."""
+  return teacher_records.prepare(config, section="ode_pairs", example_config="configs/ode_init.py",
+                                 make_writer=make_writer)
+
+
+def make_writer(run, prompts):
   from hybrid_forcing_jax.training import teacher
-  from hybrid_forcing_jax.training.config import ConfigError, parse
   from hybrid_forcing_jax.training.data.ode_pairs import OdePairWriter
-  from hybrid_forcing_jax.training.data.prompts import read_prompts
-  try:
-    run = parse(config)
-  except ConfigError as e:
-    raise cli.BadInput(str(e)) from None
-  if run.ode_pairs is None:
-    raise cli.BadInput(f"config.stage {run.stage!r} has no ode_pairs section (use configs/ode_init.py)")
   p = run.ode_pairs
-  try:
-    prompts = read_prompts(run.data.prompts)
-  except (OSError, ValueError) as e:
-    raise cli.BadInput(f"config.data.prompts: {e}") from None
-  try:
-    timesteps = teacher.kept_timesteps(p.num_steps, p.shift, p.keep)
-    writer = OdePairWriter(p.output_dir, identity(run, prompts), num_prompts=len(prompts),
-                           records_per_shard=p.records_per_shard, timesteps=timesteps)
-  except ValueError as e:
-    raise cli.BadInput(str(e)) from None
-  return Job(run, prompts, writer, timesteps)
+  timesteps = teacher.kept_timesteps(p.num_steps, p.shift, p.keep)
+  writer = OdePairWriter(p.output_dir, identity(run, prompts), num_prompts=len(prompts),
+                         records_per_shard=p.records_per_shard, timesteps=timesteps)
+  return writer, timesteps
 
 
 def identity(run, prompts) -> dict:
   """What decides the records, by config key: a folder made with other values is refused."""
-  p, t = run.ode_pairs, run.teacher
-  return {
-      "teacher.preset": t.preset, "teacher.overrides": dict(t.overrides), "teacher.dtype": t.dtype,
-      "teacher.checkpoint": os.path.abspath(t.checkpoint) if t.checkpoint else "",
+  p = run.ode_pairs
+  return teacher_records.identity(run, prompts, {
       "ode_pairs.num_steps": p.num_steps, "ode_pairs.shift": p.shift, "ode_pairs.guidance": p.guidance,
-      "ode_pairs.keep": list(p.keep), "ode_pairs.seed": p.seed, "ode_pairs.records_per_shard": p.records_per_shard,
-      "data.num_frames": run.data.num_frames, "data.latent_hw": list(run.data.latent_hw),
-      "data.prompts (sha256 of the prompts)": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-      "text.encoder": run.text.encoder, "text.tokenizer": run.text.tokenizer, "text.text_len": run.text.text_len,
-      "text.negative_prompt": run.text.negative_prompt,
-  }
+      "ode_pairs.keep": list(p.keep), "ode_pairs.seed": p.seed, "ode_pairs.records_per_shard": p.records_per_shard})
 
 
 def start_message(job: Job, pending: list[int]) -> str:
@@ -95,8 +74,6 @@ def make_sampler(model, run, mesh, params_sharding):
   """jit(params, prompt_index [B], context [B, Lt, D], negative [Lt, D]) -> bfloat16 [B, K, F, h, w, C]."""
   import jax
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from hybrid_forcing_jax.training import sharding
   from hybrid_forcing_jax.training.guidance import text_kv
   from hybrid_forcing_jax.training.teacher import euler_trajectory
   p = run.ode_pairs
@@ -110,8 +87,7 @@ def make_sampler(model, run, mesh, params_sharding):
                                guidance=p.guidance, keep=p.keep)
     return latents.astype(jnp.bfloat16)
 
-  batch, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
-  return jax.jit(sample, in_shardings=(params_sharding, batch, batch, replicated), out_shardings=batch)
+  return teacher_records.jit_sampler(sample, mesh, params_sharding)
 
 
 def sample_shards(job: Job, **kwargs) -> dict:
@@ -120,15 +96,9 @@ def sample_shards(job: Job, **kwargs) -> dict:
 
 
 def main(argv) -> int:
-  if FLAGS.config is None:
-    raise cli.BadInput("--config is required, e.g. --config=configs/ode_init.py (see --help)")
-  teacher_records.check_flags()
-  from hybrid_forcing_jax.training.sharding import initialize_distributed
-  initialize_distributed()
-  job = prepare(FLAGS.config)
-  done = sample_shards(job, **teacher_records.flag_values())
-  teacher_records.report(job, done, "make_ode_pairs", job.run.ode_pairs.output_dir)
-  return 0
+  del argv
+  return teacher_records.main(FLAGS.config, command="make_ode_pairs", prepare_job=prepare, make_sampler=make_sampler,
+                              describe=start_message, folder_of=lambda run: run.ode_pairs.output_dir)
 
 
 if __name__ == "__main__":

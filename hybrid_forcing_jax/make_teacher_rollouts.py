@@ -30,28 +30,18 @@ flags.adopt_module_key_flags(teacher_records)
 
 def prepare(config) -> Job:
   """Check every input before the teacher loads; cli.BadInput names the key, file or folder."""
-  from hybrid_forcing_jax.training.config import ConfigError, parse
+  return teacher_records.prepare(config, section="regulariser", example_config="configs/hybrid.py",
+                                 make_writer=make_writer)
+
+
+def make_writer(run, prompts):
   from hybrid_forcing_jax.training.data import teacher_rollouts
   from hybrid_forcing_jax.training.data.ode_pairs import OdePairWriter
-  from hybrid_forcing_jax.training.data.prompts import read_prompts
-  try:
-    run = parse(config)
-  except ConfigError as e:
-    raise cli.BadInput(str(e)) from None
-  if run.regulariser is None:
-    raise cli.BadInput(f"config.stage {run.stage!r} has no regulariser section (use configs/hybrid.py)")
   r = run.regulariser
-  try:
-    prompts = read_prompts(run.data.prompts)
-  except (OSError, ValueError) as e:
-    raise cli.BadInput(f"config.data.prompts: {e}") from None
-  try:
-    writer = OdePairWriter(r.records, teacher_rollouts.identity(run, prompts), num_prompts=len(prompts),
-                           records_per_shard=r.records_per_shard, timesteps=teacher_rollouts.TIMESTEPS,
-                           config_key=teacher_rollouts.CONFIG_KEY)
-  except ValueError as e:
-    raise cli.BadInput(str(e)) from None
-  return Job(run, prompts, writer, teacher_rollouts.TIMESTEPS)
+  writer = OdePairWriter(r.records, teacher_rollouts.identity(run, prompts), num_prompts=len(prompts),
+                         records_per_shard=r.records_per_shard, timesteps=teacher_rollouts.TIMESTEPS,
+                         config_key=teacher_rollouts.CONFIG_KEY)
+  return writer, teacher_rollouts.TIMESTEPS
 
 
 def start_message(job: Job, pending: list[int]) -> str:
@@ -68,8 +58,6 @@ def make_sampler(model, run, mesh, params_sharding):
   """jit(params, prompt_index [B], context [B, Lt, D], negative [Lt, D]) -> bfloat16 [B, 1, F, h, w, C]."""
   import jax
   import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from hybrid_forcing_jax.training import sharding
   from hybrid_forcing_jax.training.data.teacher_rollouts import noise_key
   from hybrid_forcing_jax.training.guidance import text_kv
   from hybrid_forcing_jax.training.rollout import window_noise
@@ -85,20 +73,14 @@ def make_sampler(model, run, mesh, params_sharding):
                                guidance=r.guidance, keep=(r.num_steps,))
     return latents.astype(jnp.bfloat16)
 
-  batch, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
-  return jax.jit(sample, in_shardings=(params_sharding, batch, batch, replicated), out_shardings=batch)
+  return teacher_records.jit_sampler(sample, mesh, params_sharding)
 
 
 def main(argv) -> int:
-  if FLAGS.config is None:
-    raise cli.BadInput("--config is required, e.g. --config=configs/hybrid.py (see --help)")
-  teacher_records.check_flags()
-  from hybrid_forcing_jax.training.sharding import initialize_distributed
-  initialize_distributed()
-  job = prepare(FLAGS.config)
-  done = teacher_records.sample_shards(job, make_sampler, start_message, **teacher_records.flag_values())
-  teacher_records.report(job, done, "make_teacher_rollouts", job.run.regulariser.records)
-  return 0
+  del argv
+  return teacher_records.main(FLAGS.config, command="make_teacher_rollouts", prepare_job=prepare,
+                              make_sampler=make_sampler, describe=start_message,
+                              folder_of=lambda run: run.regulariser.records)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from hybrid_forcing_jax import vae_layers as L
 from hybrid_forcing_jax.config_io import JsonConfig
 from hybrid_forcing_jax.param_tree import unflatten
 from hybrid_forcing_jax.vae_layers import VaeOptions
+from hybrid_forcing_jax.video_shapes import check_latents, check_video
 
 # Per-channel statistics of Wan2.1's latents (wan/modules/vae.py, WanVAE.__init__).
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -357,27 +358,10 @@ class WanVAE:
 
   # -- input checks
   def _check_latents(self, z):
-    c = self.config
-    if getattr(z, "ndim", None) != 5:
-      raise ValueError(f"latents must be channels-last [B, T, h, w, {c.z_dim}], got shape {getattr(z, 'shape', z)}")
-    if z.shape[-1] != c.z_dim:
-      raise ValueError(f"latents have {z.shape[-1]} channels, the VAE expects {c.z_dim} "
-                       f"(channels-last [B, T, h, w, C]; got shape {tuple(z.shape)})")
-    if z.shape[1] < 1:
-      raise ValueError("latents have no frames")
+    check_latents(z, self.config.z_dim, "VAE")
 
   def _check_video(self, video, first: bool):
-    c = self.config
-    if getattr(video, "ndim", None) != 5 or video.shape[-1] != 3:
-      raise ValueError(f"video must be channels-last RGB [B, T, H, W, 3], got shape {getattr(video, 'shape', video)}")
-    t, h, w = video.shape[1:4]
-    tf, sf = c.temporal_factor, c.spatial_factor
-    if first and (t - 1) % tf:
-      raise ValueError(f"video has {t} frames; the VAE encodes 1 + {tf}k frames (1, {1 + tf}, {1 + 2 * tf}, ...)")
-    if not first and (t == 0 or t % tf):
-      raise ValueError(f"a later chunk must have a positive multiple of {tf} frames, got {t}")
-    if h % sf or w % sf:
-      raise ValueError(f"video height and width must be multiples of {sf}, got {h}x{w}")
+    check_video(video, self.config.temporal_factor, self.config.spatial_factor, first, "VAE")
 
 
 def _positional(fn):

@@ -5,6 +5,9 @@ that fills a writer's unfinished shards, the closing report. Each command brings
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import sys
 import time
 
@@ -32,6 +35,68 @@ def check_flags() -> None:
 
 def flag_values() -> dict:
   return dict(batch_per_device=FLAGS.batch_per_device, fsdp=FLAGS.fsdp, max_shards=FLAGS.max_shards)
+
+
+def prepare(config, *, section: str, example_config: str, make_writer) -> "Job":
+  """Check every input before the teacher loads (cli.BadInput names the key, file or folder): the config,
+  its `section` (the command's own: ode_pairs / regulariser), the prompts, the output folder.
+  make_writer(run, prompts) -> (writer, timesteps of the kept latents); a ValueError is bad input."""
+  from hybrid_forcing_jax.training.config import ConfigError, parse
+  from hybrid_forcing_jax.training.data.prompts import read_prompts
+  try:
+    run = parse(config)
+  except ConfigError as e:
+    raise cli.BadInput(str(e)) from None
+  if getattr(run, section) is None:
+    raise cli.BadInput(f"config.stage {run.stage!r} has no {section} section (use {example_config})")
+  try:
+    prompts = read_prompts(run.data.prompts)
+  except (OSError, ValueError) as e:
+    raise cli.BadInput(f"config.data.prompts: {e}") from None
+  try:
+    writer, timesteps = make_writer(run, prompts)
+  except ValueError as e:
+    raise cli.BadInput(str(e)) from None
+  return Job(run, prompts, writer, timesteps)
+
+
+def identity(run, prompts, section: dict) -> dict:
+  """What decides a command's records, by config key: the teacher, the video size, the prompts and their
+  text encoding, plus the command's own `section` keys. A folder made with other values is refused."""
+  t = run.teacher
+  return {
+      "teacher.preset": t.preset, "teacher.overrides": dict(t.overrides), "teacher.dtype": t.dtype,
+      "teacher.checkpoint": os.path.abspath(t.checkpoint) if t.checkpoint else "",
+      **section,
+      "data.num_frames": run.data.num_frames, "data.latent_hw": list(run.data.latent_hw),
+      "data.prompts (sha256 of the prompts)": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+      "text.encoder": run.text.encoder, "text.tokenizer": run.text.tokenizer, "text.text_len": run.text.text_len,
+      "text.negative_prompt": run.text.negative_prompt,
+  }
+
+
+def jit_sampler(sample, mesh, params_sharding):
+  """jit a command's sample(params, prompt_index [B], context [B, Lt, D], negative [Lt, D]) -> latents
+  [B, ...]: the prompts split over the mesh, the teacher as `params_sharding`, the negative replicated."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from hybrid_forcing_jax.training import sharding
+  batch, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
+  return jax.jit(sample, in_shardings=(params_sharding, batch, batch, replicated), out_shardings=batch)
+
+
+def main(config, *, command: str, prepare_job, make_sampler, describe, folder_of) -> int:
+  """A teacher-records command's main: flags and config checked, records written, the report printed.
+  folder_of(run) -> the output folder (for the report)."""
+  if config is None:
+    raise cli.BadInput("--config is required (see --help)")
+  check_flags()
+  from hybrid_forcing_jax.training.sharding import initialize_distributed
+  initialize_distributed()
+  job = prepare_job(config)
+  done = sample_shards(job, make_sampler, describe, **flag_values())
+  report(job, done, command, folder_of(job.run))
+  return 0
 
 
 @dataclasses.dataclass

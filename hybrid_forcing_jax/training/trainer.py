@@ -7,7 +7,6 @@ is written; `Job.run` resumes from the last checkpoint if the workdir has one an
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Callable
 
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_forcing_jax.paths import ensure_writable_folder
 from hybrid_forcing_jax.training import builders, checkpointing, metrics, optim, sharding, stages, steps
 from hybrid_forcing_jax.training.config import ConfigError, RunConfig, parse
 from hybrid_forcing_jax.training.state import TrainState
@@ -47,11 +47,7 @@ def prepare(config, workdir: str) -> "Job":
 
 def check_workdir(workdir: str) -> None:
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write-probe-{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
+    ensure_writable_folder(workdir)
   except OSError as e:
     raise ConfigError(f"--workdir={workdir}: not a writable folder ({e.strerror})") from None
 

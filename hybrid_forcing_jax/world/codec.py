@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_forcing_jax.config_io import JsonConfig
+from hybrid_forcing_jax.video_shapes import check_latents, check_video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,24 +105,10 @@ class PixelCodec:
 
   # -- input checks
   def _check_latents(self, z):
-    c = self.config
-    if getattr(z, "ndim", None) != 5 or z.shape[-1] != c.z_dim:
-      raise ValueError(f"latents must be channels-last [B, T, h, w, {c.z_dim}], got shape {getattr(z, 'shape', z)}")
-    if z.shape[1] < 1:
-      raise ValueError("latents have no frames")
+    check_latents(z, self.config.z_dim, "codec")
 
   def _check_video(self, video, first: bool):
-    c = self.config
-    if getattr(video, "ndim", None) != 5 or video.shape[-1] != 3:
-      raise ValueError(f"video must be channels-last RGB [B, T, H, W, 3], got shape {getattr(video, 'shape', video)}")
-    t, h, w = video.shape[1:4]
-    tf, sf = c.temporal_factor, c.spatial_factor
-    if first and (t - 1) % tf:
-      raise ValueError(f"video has {t} frames; the codec encodes 1 + {tf}k frames (1, {1 + tf}, {1 + 2 * tf}, ...)")
-    if not first and (t == 0 or t % tf):
-      raise ValueError(f"a later chunk must have a positive multiple of {tf} frames, got {t}")
-    if h % sf or w % sf:
-      raise ValueError(f"video height and width must be multiples of {sf}, got {h}x{w}")
+    check_video(video, self.config.temporal_factor, self.config.spatial_factor, first, "codec")
 
 
 def _xp(x):

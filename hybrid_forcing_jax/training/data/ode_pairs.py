@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from hybrid_forcing_jax.paths import ensure_writable_folder
 from hybrid_forcing_jax.training.data.prompts import PromptEmbeddings
 
 MANIFEST = "manifest.json"
@@ -133,11 +134,7 @@ def _check_folder(folder: str, manifest: dict, config_key: str) -> None:
     raise ValueError(f"{config_key} {folder!r} exists but is not an ODE-pair folder (no {MANIFEST}); "
                      "use an empty or new folder")
   try:
-    os.makedirs(folder, exist_ok=True)
-    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
+    ensure_writable_folder(folder)
   except OSError as e:
     raise ValueError(f"{config_key} {folder!r} cannot be written: {e.strerror or e}") from None
 

@@ -10,7 +10,6 @@ example's noise key. A folder made with any other value that decides the records
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -18,6 +17,7 @@ import grain
 import jax
 import numpy as np
 
+from hybrid_forcing_jax.training import teacher_records
 from hybrid_forcing_jax.training.data.ode_pairs import ode_pair_dataset, read_manifest, shard_name
 
 CONFIG_KEY = "regulariser.records"
@@ -26,19 +26,12 @@ TIMESTEPS = (0.0,)   # one kept latent: the final sample
 
 def identity(run, prompts) -> dict:
   """What decides the records, by config key."""
-  r, t = run.regulariser, run.teacher
-  return {
-      "teacher.preset": t.preset, "teacher.overrides": dict(t.overrides), "teacher.dtype": t.dtype,
-      "teacher.checkpoint": os.path.abspath(t.checkpoint) if t.checkpoint else "",
+  r = run.regulariser
+  return teacher_records.identity(run, prompts, {
       "regulariser.num_steps": r.num_steps, "regulariser.shift": r.shift, "regulariser.guidance": r.guidance,
       "regulariser.seed": r.seed, "regulariser.records_per_shard": r.records_per_shard,
       # the window noise's layout: chunks of chunk_frames, one noise draw per denoising step
-      "stream.chunk_frames": run.stream.chunk_frames, "stream.denoising_steps": list(run.stream.denoising_steps),
-      "data.num_frames": run.data.num_frames, "data.latent_hw": list(run.data.latent_hw),
-      "data.prompts (sha256 of the prompts)": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-      "text.encoder": run.text.encoder, "text.tokenizer": run.text.tokenizer, "text.text_len": run.text.text_len,
-      "text.negative_prompt": run.text.negative_prompt,
-  }
+      "stream.chunk_frames": run.stream.chunk_frames, "stream.denoising_steps": list(run.stream.denoising_steps)})
 
 
 def check_folder(run, prompts) -> None:
