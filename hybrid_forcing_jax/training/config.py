@@ -1,9 +1,9 @@
 """The schema of a training config: typed sections checked against the ml_collections run file.
 
-One file per stage (configs/ode_init.py) holds every value a run reads; this module holds no
-defaults, so the file is the single source. `parse` turns the ConfigDict into frozen dataclasses and
-refuses, naming the key: an unknown key (a typo, or a key nothing reads), a missing key, a section the
-stage does not use, and values out of range.
+One file per stage (configs/ode_init.py; configs/world/teacher.py for flow_matching) holds every value
+a run reads; this module holds no defaults, so the file is the single source. `parse` turns the
+ConfigDict into frozen dataclasses and refuses, naming the key: an unknown key (a typo, or a key nothing
+reads), a missing key, a section the stage does not use, and values out of range.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import REMAT_POLICIES
 
 from hybrid_forcing_jax.streaming.config import StreamConfig
+from hybrid_forcing_jax.world.scene import WorldConfig
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,18 @@ class PromptDataSection:
 @dataclasses.dataclass(frozen=True)
 class DataSection(PromptDataSection):
   ode_pairs: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoDataSection:
+  """flow_matching's videos: the world's (the `world` section) through the codec; a folder of the
+  users' own latents is a later addition (docs/training.md)."""
+  codec: str             # latent codec folder (latent_codec.load_latent_codec): the world's pixel codec
+  num_frames: int        # latent frames of a training video: world.num_frames through the codec
+  latent_hw: tuple       # world.height, world.width through the codec
+  batch_size: int        # global, over every device of every host
+  seed: int              # the world's examples: example i is a pure function of (seed, i)
+  num_workers: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +138,20 @@ class RegulariserSection:
   records_per_shard: int
 
 
+@dataclasses.dataclass(frozen=True)
+class FlowMatchingSection:
+  shift: float           # t = 1000 shift(u), u ~ U[0, 1): the law of the teacher sampler's Euler steps
+  caption_dropout: float # per example, the caption is replaced by text.negative_prompt with this probability
+
+
 SECTIONS = dict(model=ModelSection, teacher=ModelSection, critic=ModelSection, text=TextSection,
                 optim=OptimSection, train=TrainSection, ode_pairs=OdePairsSection, dmd=DmdSection,
-                regulariser=RegulariserSection)
-STAGE_DATA = {"ode_init": DataSection, "dmd": PromptDataSection}
+                regulariser=RegulariserSection, flow_matching=FlowMatchingSection)
+STAGE_DATA = {"ode_init": DataSection, "dmd": PromptDataSection, "flow_matching": VideoDataSection}
 STAGE_SECTIONS = {
     "ode_init": ("model", "teacher", "text", "stream", "data", "optim", "train", "ode_pairs"),
-    "dmd": ("model", "teacher", "critic", "text", "stream", "data", "optim", "train", "dmd", "regulariser")}
+    "dmd": ("model", "teacher", "critic", "text", "stream", "data", "optim", "train", "dmd", "regulariser"),
+    "flow_matching": ("model", "text", "data", "optim", "train", "flow_matching", "world")}
 REGULARISER_SOURCES = ("online", "records")
 
 
@@ -139,16 +159,18 @@ REGULARISER_SOURCES = ("online", "records")
 class RunConfig:
   stage: str
   model: ModelSection
-  teacher: ModelSection
   text: TextSection
-  stream: StreamConfig
-  data: PromptDataSection
+  data: PromptDataSection | VideoDataSection
   optim: OptimSection
   train: TrainSection
+  teacher: ModelSection | None = None     # None: flow_matching trains the teacher itself
+  stream: StreamConfig | None = None      # None: flow_matching's model is bidirectional
   ode_pairs: OdePairsSection | None = None
   critic: ModelSection | None = None
   dmd: DmdSection | None = None
   regulariser: RegulariserSection | None = None
+  flow_matching: FlowMatchingSection | None = None
+  world: WorldConfig | None = None
 
 
 def parse(config) -> RunConfig:
@@ -163,6 +185,8 @@ def parse(config) -> RunConfig:
   for name in STAGE_SECTIONS[stage]:
     if name == "stream":
       sections[name] = _stream(d[name])
+    elif name == "world":
+      sections[name] = _world(d[name])
     elif name == "data":
       sections[name] = _section(STAGE_DATA[stage], d[name], "config.data")
     else:
@@ -207,6 +231,13 @@ def _stream(d: dict) -> StreamConfig:
     raise ConfigError(f"config.stream: {e}") from None
 
 
+def _world(d: dict) -> WorldConfig:
+  try:
+    return WorldConfig.from_dict(dict(d))
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.world: {e}") from None
+
+
 def _check_values(run: RunConfig) -> None:
   def need(ok: bool, key: str, why: str):
     if not ok:
@@ -222,8 +253,8 @@ def _check_values(run: RunConfig) -> None:
   d, o, t = run.data, run.optim, run.train
   need(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")
   need(len(d.latent_hw) == 2, "data.latent_hw", f"must be (height, width), got {d.latent_hw}")
-  need(d.num_frames % run.stream.chunk_frames == 0, "data.num_frames",
-       f"{d.num_frames} is not a multiple of stream.chunk_frames {run.stream.chunk_frames}")
+  need(run.stream is None or d.num_frames % run.stream.chunk_frames == 0, "data.num_frames",
+       f"{d.num_frames} is not a multiple of stream.chunk_frames {run.stream and run.stream.chunk_frames}")
   need(o.grad_accum >= 1, "optim.grad_accum", f"must be >= 1, got {o.grad_accum}")
   need(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", f"must be in [0, 1), got {o.ema_decay}")
   need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
@@ -235,6 +266,10 @@ def _check_values(run: RunConfig) -> None:
   need(t.mesh.fsdp == -1 or t.mesh.fsdp >= 1, "train.mesh.fsdp", f"must be -1 or >= 1, got {t.mesh.fsdp}")
   if run.dmd is not None:
     _check_dmd(run, need)
+  if run.flow_matching is not None:
+    f = run.flow_matching
+    need(f.shift > 0, "flow_matching.shift", f"must be > 0, got {f.shift}")
+    need(0 <= f.caption_dropout < 1, "flow_matching.caption_dropout", f"must be in [0, 1), got {f.caption_dropout}")
   if run.ode_pairs is not None:
     p = run.ode_pairs
     need(p.keep and p.keep[-1] == p.num_steps, "ode_pairs.keep",

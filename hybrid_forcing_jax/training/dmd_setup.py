@@ -15,6 +15,7 @@ import dataclasses
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.vae import WanVAE
+from hybrid_forcing_jax.world.codec import PixelCodec
 
 REGULARISER_SOURCES = ("online", "records")
 
@@ -29,7 +30,7 @@ class DmdSetup:
   min_chunks: int              # rollout length, drawn per step (phase 1: 7..7, phase 2: 7..18)
   max_chunks: int
   loss_frames: int = 21        # the loss window: the last frames of the rollout
-  vae: WanVAE | None = None    # the long-rollout rule's VAE (needed when max_chunks passes the window)
+  vae: WanVAE | PixelCodec | None = None   # the long-rollout rule's codec (needed when max_chunks passes the window)
   context_noise: float = 0.0   # timestep of the cache writes
   guidance: float = 4.0        # DMD's real score, x0_u + g (x0_c - x0_u): 4.0 = Self-Forcing's "3.0"
   shift: float = 5.0           # DMD's / the critic's timestep law, clamped to [t_min, t_max]

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hybrid_forcing_jax import dit, vae as wan_vae
-from hybrid_forcing_jax.checkpoint import load_checkpoint, read_meta
+from hybrid_forcing_jax.checkpoint import read_meta
+from hybrid_forcing_jax.latent_codec import load_latent_codec
 from hybrid_forcing_jax.training import builders, optim, sharding, steps
 from hybrid_forcing_jax.training.config import ConfigError, RunConfig
 from hybrid_forcing_jax.training.data import teacher_rollouts
@@ -102,10 +103,14 @@ def dmd_setup(run: RunConfig, model, teacher, critic, vae) -> DmdSetup:
 
 
 def build_vae(run: RunConfig, channels: int):
-  """-> (WanVAE, params): the converted VAE of `dmd.vae`, or "" = a tiny random one (tests)."""
+  """-> (codec, params): the codec folder of `dmd.vae` (a converted Wan VAE or the world's pixel codec:
+  latent_codec.load_latent_codec), or "" = a tiny random VAE (tests)."""
   if run.dmd.vae:
-    config, params = load_checkpoint(run.dmd.vae, "wan_vae")
-    return wan_vae.WanVAE(config), params
+    codec, params = load_latent_codec(run.dmd.vae)
+    if codec.config.z_dim != channels:
+      raise ConfigError(f"config.dmd.vae: {run.dmd.vae!r} has {codec.config.z_dim} latent channels, the generator "
+                        f"{channels}")
+    return codec, params
   return random_tiny_vae(channels, seed=run.train.seed)
 
 

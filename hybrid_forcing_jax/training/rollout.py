@@ -46,7 +46,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from hybrid_forcing_jax import vae as wan_vae
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.streaming.sampler import chunk_step
@@ -128,7 +127,7 @@ def self_forcing_rollout(model: WanDiT, params, stream_cfg: StreamConfig, text_k
   one PRNG key per example. context_key: the key of the cache-write noise, needed when context_noise > 0.
   grad: False runs everything on frozen parameters (the critic's rollout). grad_params: the parameters of
   the window's exit forwards when they should differ from `params` (a test's way to show that nothing
-  else is differentiated); default `params`. vae: None, or (WanVAE, its params) for the long-rollout rule.
+  else is differentiated); default `params`. vae: None, or (a latent codec: WanVAE or PixelCodec, its params) for the long-rollout rule.
   """
   window = _window_chunks(stream_cfg, loss_frames)
   if isinstance(num_chunks, int) and num_chunks < window:
@@ -177,13 +176,13 @@ class _Decoder:
   window's first frame decoded after them, its last pixel frame encoded as a video's first frame.
   Everything under stop_gradient, on frozen VAE parameters."""
 
-  def __init__(self, model: wan_vae.WanVAE, params, *, batch_latents_shape):
-    self.config, self.options = model.config, model.options
+  def __init__(self, model, params, *, batch_latents_shape):
+    self.model = model   # a latent codec: WanVAE, or the world's PixelCodec (latent_codec.py)
     self.params = jax.lax.stop_gradient(params)
     self.shape = batch_latents_shape
 
   def _decode(self, z, cache):
-    return wan_vae.decode_chunk(self.params, jax.lax.stop_gradient(z), cache, self.config, self.options)
+    return self.model.decode_chunk(self.params, jax.lax.stop_gradient(z), cache)
 
   def empty(self):
     """The decoder cache before any chunk (zeros; the first chunk starts the video and ignores it)."""
@@ -195,5 +194,5 @@ class _Decoder:
 
   def reencode_first(self, cache, frame):
     pixels, _ = self._decode(frame, cache)
-    latent, _ = wan_vae.encode_chunk(self.params, pixels[:, -1:], None, self.config, self.options)
+    latent, _ = self.model.encode_chunk(self.params, pixels[:, -1:])
     return jax.lax.stop_gradient(latent.astype(jnp.float32))

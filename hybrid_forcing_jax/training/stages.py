@@ -3,6 +3,8 @@ written) and its updates, each with its dataset of single examples and its step.
 
 ode_init: ODE pairs (make_ode_pairs) -> ode_regression_loss on the block-causal student, one update.
 dmd: a generator update every `dmd.generator_every` critic updates, the frozen teacher (dmd_stage.py).
+flow_matching: world videos -> flow_matching_loss on the bidirectional teacher, one update
+(flow_matching_stage.py).
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ class Stage:
 
 def check_inputs(run: RunConfig) -> None:
   """Refuse a missing or mismatched input before the run writes anything."""
+  if run.stage == "flow_matching":   # videos, no prompts file
+    from hybrid_forcing_jax.training import flow_matching_stage   # imports Update and Stage from here
+    flow_matching_stage.check_inputs(run)
+    return
   try:
     read_prompts(run.data.prompts)
   except (OSError, ValueError) as e:
@@ -81,4 +87,9 @@ def dmd(run: RunConfig, model, optimizer) -> Stage:
   return dmd_stage.build(run, model, optimizer)
 
 
-STAGES = {"ode_init": ode_init, "dmd": dmd}
+def flow_matching(run: RunConfig, model, optimizer) -> Stage:
+  from hybrid_forcing_jax.training import flow_matching_stage
+  return flow_matching_stage.build(run, model, optimizer)
+
+
+STAGES = {"ode_init": ode_init, "dmd": dmd, "flow_matching": flow_matching}

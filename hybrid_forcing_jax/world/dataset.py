@@ -13,7 +13,7 @@ import numpy as np
 
 from hybrid_forcing_jax.world.codec import PixelCodec
 from hybrid_forcing_jax.world.render import render
-from hybrid_forcing_jax.world.scene import WorldConfig, long_memory_scene, sample_scene
+from hybrid_forcing_jax.world.scene import Scene, WorldConfig, long_memory_scene, sample_scene
 
 SPLITS = ("train", "heldout", "long_memory")
 ENDLESS = 2**31 - 1   # examples of an endless split: fresh videos for as long as any training runs
@@ -23,20 +23,23 @@ def world_example(config: WorldConfig, split: str, seed: int, index: int, codec:
   """{"video": uint8 [T, H, W, 3], "caption": str, "colour", "shape", "direction", "motion", "background":
   str, "long_memory": bool, "index": int64}, plus "latents": float32 [1 + (T - 1) / 4, H / 2, W / 2, 48]
   when a codec is given."""
-  _check_split(split)
-  rng = np.random.default_rng([seed, SPLITS.index(split), index])
-  long_memory = split == "long_memory" or (split == "train" and rng.random() < config.long_memory_fraction)
-  if long_memory:
-    scene = long_memory_scene(rng, config, "train")
-  else:
-    scene = sample_scene(rng, config, split)
+  scene = world_scene(config, split, seed, index)
   video = render(scene, config)
   out = {"video": video, "caption": scene.caption, "colour": scene.colour, "shape": scene.shape,
          "direction": scene.direction, "motion": scene.motion, "background": scene.background,
-         "long_memory": np.bool_(long_memory), "index": np.int64(index)}
+         "long_memory": np.bool_(scene.long_memory), "index": np.int64(index)}
   if codec is not None:
     out["latents"] = codec.encode(None, video[None])[0]
   return out
+
+
+def world_scene(config: WorldConfig, split: str, seed: int, index: int) -> Scene:
+  """The scene of example `index` of a split (what world_example renders; its caption without the video)."""
+  _check_split(split)
+  rng = np.random.default_rng([seed, SPLITS.index(split), index])
+  if split == "long_memory" or (split == "train" and rng.random() < config.long_memory_fraction):
+    return long_memory_scene(rng, config, "train")
+  return sample_scene(rng, config, split)
 
 
 class _Example:

@@ -1,0 +1,89 @@
+"""What the world pipeline's configs share: the world's DiT, its text encoder and codec folders
+(written by `python -m hybrid_forcing_jax.world.prepare --output=data/world`), the latent geometry of
+its videos, and the `:tiny` variant's smaller world. configs/world/{ode_init,self_forcing,hybrid}.py are
+the top-level configs of the same name with `apply_world` on top; configs/world/teacher.py is the
+flow_matching stage's.
+"""
+import ml_collections
+
+from hybrid_forcing_jax.world.codec import PixelCodecConfig
+from hybrid_forcing_jax.world.scene import WorldConfig
+from hybrid_forcing_jax.world.text import TEXT_LEN, world_tokenizer, world_umt5_config
+
+DATA = "data/world"   # world.prepare's output: text/, codec/, prompts.txt; ODE pairs and the text cache
+RUNS = "runs/world"   # the stages' workdirs: runs/world/<stage>
+TEACHER_STEPS = 10000   # configs/world/teacher.py's train.steps: the export the later stages start from
+CODEC = PixelCodecConfig()
+
+# One architecture for the teacher, the student and the critic (Self-Forcing with the 1.3B as its own
+# teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
+# 8 layers: 8.4M parameters (17 MB in bf16), trained in minutes on one GPU, streamed on a CPU.
+WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8)
+# The top-level LRs are for fine-tuning the 1.3B (width 1536); a 6x narrower net from our own teacher
+# takes larger steps. A starting point for the GPU runs, not a tuned value.
+LR_SCALE = 5.0
+
+
+def world(variant: str) -> WorldConfig:
+  """The world's videos: WorldConfig() (64x64, 81 frames = 21 latent frames); `:tiny` 32x32, 21 frames
+  (6 latent frames, two chunks of 3) for the CPU."""
+  if variant == "tiny":
+    return WorldConfig(height=32, width=32, num_frames=21, long_memory_frames=(4, 8, 16))
+  return WorldConfig()
+
+
+def latent_geometry(w: WorldConfig) -> tuple[int, tuple[int, int]]:
+  """-> (latent frames, (latent height, latent width)) of the world's videos through the codec."""
+  return (1 + (w.num_frames - 1) // CODEC.temporal_factor,
+          (w.height // CODEC.spatial_factor, w.width // CODEC.spatial_factor))
+
+
+def channels() -> dict:
+  """The DiT's input / output channels (the codec's) and text width (the world umT5's)."""
+  return dict(in_dim=CODEC.z_dim, out_dim=CODEC.z_dim, text_dim=world_umt5_config(world_tokenizer().vocab_size).dim)
+
+
+def text() -> ml_collections.ConfigDict:
+  """The frozen world umT5 and its word tokenizer; CFG's unconditional branch is the empty prompt
+  (the flow_matching stage drops captions to it)."""
+  return ml_collections.ConfigDict(dict(
+      encoder=f"{DATA}/text/text_encoder", tokenizer=f"{DATA}/text/tokenizer", text_len=TEXT_LEN,
+      cache_dir=f"{DATA}/text_cache", negative_prompt=""))
+
+
+def export(stage: str, steps: int) -> str:
+  """The final EMA export of a stage's run (the trainer writes export/<step>)."""
+  return f"{RUNS}/{stage}/export/{steps:08d}"
+
+
+def set_dit(section: ml_collections.ConfigDict, checkpoint: str, variant: str) -> None:
+  """A `model`-shaped section -> the world's DiT: its overrides keep theirs (linear_proj); `:tiny` keeps the
+  tiny preset, random weights and float32 of the top-level `:tiny`, with the world's channels."""
+  extra = {} if variant == "tiny" else dict(WORLD_DIT)
+  section.overrides = {**dict(section.overrides), **extra, **channels()}
+  if variant != "tiny":
+    section.update(dict(preset="wan_1_3b", checkpoint=checkpoint))
+
+
+def apply_world(c: ml_collections.ConfigDict, variant: str, *, model: str) -> None:
+  """A top-level config (ode_init / self_forcing / hybrid, already of `variant`) -> its world version:
+  the generator starts from `model` (a converted folder), the teacher (and DMD's critic) from the
+  world teacher's export; world text, prompts and latent geometry; DMD's long rollouts through the
+  pixel codec; the LRs scaled by LR_SCALE."""
+  teacher = export("teacher", TEACHER_STEPS)
+  set_dit(c.model, model, variant)
+  set_dit(c.teacher, teacher, variant)
+  if "critic" in c:
+    set_dit(c.critic, teacher, variant)
+  c.text = text()
+  frames, hw = latent_geometry(world(variant))
+  c.data.update(dict(prompts=f"{DATA}/prompts.txt", num_frames=frames, latent_hw=hw))
+  if "ode_pairs" in c:
+    c.ode_pairs.output_dir = f"{DATA}/ode_pairs"
+  if "dmd" in c:
+    c.dmd.vae = f"{DATA}/codec"
+  if variant != "tiny":
+    c.optim.lr *= LR_SCALE
+    if "dmd" in c:
+      c.dmd.critic_lr *= LR_SCALE
+
