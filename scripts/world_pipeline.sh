@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The world pipeline end to end with the project's own commands (issue 12; docs/training.md, "The world
+# pipeline"): world assets -> teacher (flow matching) -> ODE pairs -> ODE init -> DMD phase 1 (dense)
+# -> DMD phase 2 (hybrid) -> export (the phase-2 EMA student with its text encoder and codec).
+#
+#   scripts/world_pipeline.sh                    # the GPU run: data/world, runs/world
+#   scripts/world_pipeline.sh --tiny --data=/tmp/world/data --runs=/tmp/world/runs   # CPU, tiny models
+#
+# Every step resumes: run the same command again after an interruption and each finished step returns
+# quickly (train continues from its last checkpoint, make_ode_pairs skips finished shards, world.prepare
+# keeps what exists). Any other flag is passed to every train command (e.g. --config.train.log_every=10).
+set -euo pipefail
+
+variant="" data=data/world runs=runs/world num_prompts=1000 extra=()
+for arg in "$@"; do
+  case "$arg" in
+    --tiny) variant=":tiny" num_prompts=8 ;;
+    --data=*) data="${arg#--data=}" ;;
+    --runs=*) runs="${arg#--runs=}" ;;
+    --help|-h) sed -n '2,11p' "$0"; exit 0 ;;
+    --config.*) extra+=("$arg") ;;
+    *) echo "world_pipeline.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+text=(--config.text.encoder="$data/text/text_encoder" --config.text.tokenizer="$data/text/tokenizer"
+      --config.text.cache_dir="$data/text_cache")
+prompts=(--config.data.prompts="$data/prompts.txt")
+
+step() {  # step NAME COMMAND...: run it, say how long it took
+  local name="$1" start=$SECONDS
+  shift
+  echo "== world_pipeline: $name: $*"
+  "$@"
+  echo "== world_pipeline: $name done in $((SECONDS - start)) s"
+}
+
+latest_export() {  # the newest EMA export of a run (the trainer writes export/<8-digit step>)
+  local newest
+  newest=$(ls -d "$1"/export/*/ 2>/dev/null | sort | tail -n 1)
+  [[ -n "$newest" ]] || { echo "world_pipeline.sh: error: no export in $1/export" >&2; exit 1; }
+  echo "${newest%/}"
+}
+
+train() {  # train STAGE_CONFIG WORKDIR OVERRIDES...
+  python -m hybrid_forcing_jax.train --config="configs/world/$1.py$variant" --workdir="$2" "${text[@]}" \
+    "${@:3}" "${extra[@]}"
+}
+
+step prepare python -m hybrid_forcing_jax.world.prepare --output="$data" --num_prompts="$num_prompts"
+
+step teacher train teacher "$runs/teacher" --config.data.codec="$data/codec"
+teacher=$(latest_export "$runs/teacher")
+
+step ode_pairs python -m hybrid_forcing_jax.make_ode_pairs --config="configs/world/ode_init.py$variant" "${text[@]}" \
+  "${prompts[@]}" --config.ode_pairs.output_dir="$data/ode_pairs" --config.teacher.checkpoint="$teacher"
+
+step ode_init train ode_init "$runs/ode_init" "${prompts[@]}" --config.ode_pairs.output_dir="$data/ode_pairs" \
+  --config.model.checkpoint="$teacher" --config.teacher.checkpoint="$teacher"
+
+dmd=("${prompts[@]}" --config.teacher.checkpoint="$teacher" --config.critic.checkpoint="$teacher"
+     --config.dmd.vae="$data/codec")
+ode_init=$(latest_export "$runs/ode_init")
+step self_forcing train self_forcing "$runs/self_forcing" "${dmd[@]}" --config.model.checkpoint="$ode_init"
+
+self_forcing=$(latest_export "$runs/self_forcing")
+step hybrid train hybrid "$runs/hybrid" "${dmd[@]}" --config.model.checkpoint="$self_forcing"
+student=$(latest_export "$runs/hybrid")
+
+export_model() {  # the shipped layout: the student, its text encoder + tokenizer and its codec side by side
+  rm -rf "$1.tmp"
+  mkdir -p "$1.tmp"
+  cp -r "$student" "$1.tmp/dit"
+  cp -r "$data/text" "$1.tmp/text"
+  cp -r "$data/codec" "$1.tmp/codec"
+  rm -rf "$1"
+  mv "$1.tmp" "$1"
+}
+model="$runs/model"
+step export export_model "$model"
+read -r width height < <(python -c "from configs.world import common; w = common.world('${variant#:}'); print(w.width, w.height)")
+echo "== world_pipeline: the student is in $model; stream it with
+  python -m hybrid_forcing_jax.sample --config=configs/world/hybrid.py$variant --dit=$model/dit --vae=$model/codec \\
+    --text_encoder=$model/text/text_encoder --tokenizer=$model/text/tokenizer --width=$width --height=$height \\
+    --prompt=\"a blue square bouncing\" --seconds=10 --output=world.mp4"
