@@ -19,6 +19,9 @@ CODEC = PixelCodecConfig()
 # teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
 # 8 layers: 8.4M parameters (17 MB in bf16), trained in minutes on one GPU, streamed on a CPU.
 WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8)
+# `:tiny`: the tiny preset's 2 layers, but 192 wide, so the 192 values of a token (the noise included)
+# still pass through: at tiny's 48 the flow-matching loss cannot fall far (it must return eps - x0).
+TINY_WORLD_DIT = dict(dim=192, ffn_dim=384, num_heads=4)
 # The top-level LRs are for fine-tuning the 1.3B (width 1536); a 6x narrower net from our own teacher
 # takes larger steps. A starting point for the GPU runs, not a tuned value.
 LR_SCALE = 5.0
@@ -58,8 +61,8 @@ def export(stage: str, steps: int) -> str:
 
 def set_dit(section: ml_collections.ConfigDict, checkpoint: str, variant: str) -> None:
   """A `model`-shaped section -> the world's DiT: its overrides keep theirs (linear_proj); `:tiny` keeps the
-  tiny preset, random weights and float32 of the top-level `:tiny`, with the world's channels."""
-  extra = {} if variant == "tiny" else dict(WORLD_DIT)
+  tiny preset, random weights and float32 of the top-level `:tiny`, with TINY_WORLD_DIT's widths."""
+  extra = TINY_WORLD_DIT if variant == "tiny" else WORLD_DIT
   section.overrides = {**dict(section.overrides), **extra, **channels()}
   if variant != "tiny":
     section.update(dict(preset="wan_1_3b", checkpoint=checkpoint))

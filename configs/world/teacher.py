@@ -44,9 +44,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 
 def make_tiny(c: ml_collections.ConfigDict) -> None:
-  """The tiny random DiT in float32 (XLA attention) on the tiny world, batch 2, a few steps: CPU in seconds."""
+  """The tiny world DiT (common.TINY_WORLD_DIT) in float32 (XLA attention) on the tiny world, batch 2, a few
+  steps: CPU in seconds."""
   c.model.update(dict(preset="tiny", dtype="float32", attention_backend="xla"))
-  c.model.overrides = common.channels()
+  c.model.overrides = {}
+  common.set_dit(c.model, "", "tiny")
   c.data.update(dict(batch_size=2, num_workers=0))
-  c.optim.update(dict(lr=1e-3, warmup_steps=0, ema_start=0))
+  c.optim.update(dict(lr=2e-3, warmup_steps=10, clip_norm=10.0, ema_start=0))
   c.train.update(dict(steps=20, log_every=1, checkpoint_every=10, export_every=0))
