@@ -17,7 +17,7 @@ CODEC = PixelCodecConfig()
 
 # One architecture for the teacher, the student and the critic (Self-Forcing with the 1.3B as its own
 # teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
-# 8 layers: 8.4M parameters (17 MB in bf16), trained in minutes on one GPU, streamed on a CPU.
+# 8 layers: 9.1M parameters (18 MB in bf16), trained in minutes on one GPU, streamed on a CPU.
 WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8)
 # `:tiny`: the tiny preset's 2 layers, but 192 wide, so the 192 values of a token (the noise included)
 # still pass through: at tiny's 48 the flow-matching loss cannot fall far (it must return eps - x0).
