@@ -23,7 +23,7 @@ from hybrid_forcing_jax import vae_layers as L
 from hybrid_forcing_jax.config_io import JsonConfig
 from hybrid_forcing_jax.param_tree import unflatten
 from hybrid_forcing_jax.vae_layers import VaeOptions
-from hybrid_forcing_jax.video_shapes import check_latents, check_video
+from hybrid_forcing_jax.video_shapes import check_latents, check_video, decode_streaming
 
 # Per-channel statistics of Wan2.1's latents (wan/modules/vae.py, WanVAE.__init__).
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -307,12 +307,7 @@ class WanVAE:
 
   def decode_streaming(self, params, z, chunk: int = 3):
     """Decode chunk by chunk (as a streaming generator would); equals `decode`."""
-    self._check_latents(z)
-    outs, cache = [], None
-    for start in range(0, z.shape[1], chunk):
-      out, cache = self.decode_chunk(params, z[:, start:start + chunk], cache)
-      outs.append(out)
-    return jnp.concatenate(outs, axis=1)
+    return decode_streaming(self, params, z, chunk, jnp.concatenate)
 
   # -- encoding
   def encode_chunk(self, params, video, cache=None):

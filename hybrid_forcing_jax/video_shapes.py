@@ -1,5 +1,6 @@
-"""Input checks shared by the latent codecs (the Wan VAE and the world's lossless pixel codec), which
-map 1 + T k video frames to 1 + k latent frames and S x S pixels to one latent position."""
+"""What the latent codecs (the Wan VAE and the world's lossless pixel codec) share: their input checks
+and the chunk-by-chunk decode. Both map 1 + T k video frames to 1 + k latent frames and S x S pixels to
+one latent position, and decode with an explicit cache: decode_chunk(params, z, cache) -> (video, cache)."""
 from __future__ import annotations
 
 
@@ -27,3 +28,14 @@ def check_video(video, temporal_factor: int, spatial_factor: int, first: bool, c
     raise ValueError(f"a later chunk must have a positive multiple of {tf} frames, got {t}")
   if h % sf or w % sf:
     raise ValueError(f"video height and width must be multiples of {sf}, got {h}x{w}")
+
+
+def decode_streaming(codec, params, z, chunk: int, concatenate):
+  """Decode latents [B, T, h, w, C] `chunk` latent frames at a time through codec.decode_chunk, as the
+  streaming pipeline does; equals the codec's whole-video decode. concatenate: np or jnp's."""
+  codec._check_latents(z)
+  outs, cache = [], None
+  for start in range(0, z.shape[1], chunk):
+    out, cache = codec.decode_chunk(params, z[:, start:start + chunk], cache)
+    outs.append(out)
+  return concatenate(outs, axis=1)

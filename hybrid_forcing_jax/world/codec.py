@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_forcing_jax.config_io import JsonConfig
-from hybrid_forcing_jax.video_shapes import check_latents, check_video
+from hybrid_forcing_jax.video_shapes import check_latents, check_video, decode_streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +81,7 @@ class PixelCodec:
 
   def decode_streaming(self, params, z, chunk: int = 3):
     """Decode chunk by chunk, as the streaming pipeline does; equals `decode`."""
-    self._check_latents(z)
-    outs, cache = [], None
-    for start in range(0, z.shape[1], chunk):
-      out, cache = self.decode_chunk(params, z[:, start:start + chunk], cache)
-      outs.append(out)
-    return _xp(z).concatenate(outs, axis=1)
+    return decode_streaming(self, params, z, chunk, _xp(z).concatenate)
 
   # -- encoding
   def encode_chunk(self, params, video, cache=None):
