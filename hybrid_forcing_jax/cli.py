@@ -37,9 +37,11 @@ class RunFailed(Exception):
 
 def define_config_flag(name: str, default: str | None, help_text: str, command: str) -> None:
   """config_flags.DEFINE_config_file, but an override of a key the config lacks (`--config.x.typo=1`),
-  which config_flags finds while a flag with a default is defined, ends in one line naming it."""
+  which config_flags finds while a flag with a default is defined, ends in one line naming it.
+  Every command defines its own `--config`; allow_override lets several commands be imported into one
+  process (tests, notebooks): the last import's definition holds there."""
   try:
-    config_flags.DEFINE_config_file(name, default, help_text)
+    config_flags.DEFINE_config_file(name, default, help_text, allow_override=True)
   except (AttributeError, KeyError) as e:
     _exit(command, f"error: {_unknown_override(e, sys.argv) or _one_line(e)}", EXIT_BAD_INPUT)
 

@@ -19,11 +19,14 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The sampling flags of a teacher-records command (called once, by the command's module)."""
-  flags.DEFINE_integer("batch_per_device", 1, "Prompts per device per teacher call (the result does not depend on it)")
+  """The sampling flags of a teacher-records command (called by each command's module; allow_override: both
+  commands can be imported into one process)."""
+  flags.DEFINE_integer("batch_per_device", 1, "Prompts per device per teacher call (the result does not depend on it)",
+                       allow_override=True)
   flags.DEFINE_integer("fsdp", 0, "Shard the teacher's parameters over this many devices; 0 = only when a replica "
-                       "would take more than half a device's memory")
-  flags.DEFINE_integer("max_shards", None, "Write at most this many shards, then stop (run again to continue)")
+                       "would take more than half a device's memory", allow_override=True)
+  flags.DEFINE_integer("max_shards", None, "Write at most this many shards, then stop (run again to continue)",
+                       allow_override=True)
 
 
 def check_flags() -> None:
