@@ -11,7 +11,8 @@ from hybrid_forcing_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = ["hybrid_forcing_jax.sample", "convert", "hybrid_forcing_jax.train", "hybrid_forcing_jax.make_ode_pairs",
-                "hybrid_forcing_jax.make_teacher_rollouts", "hybrid_forcing_jax.evaluate_world"]
+                "hybrid_forcing_jax.make_teacher_rollouts", "hybrid_forcing_jax.evaluate_world",
+                "hybrid_forcing_jax.world.prepare"]
 
 
 def run(module, *args):
@@ -27,7 +28,7 @@ def test_help_exits_0_and_a_bad_flag_exits_2(module):
     assert "flags:" in done.stdout.lower(), done.stdout[-500:]
   done = run(module, "--no_such_flag=1")
   assert done.returncode == 2, done.stderr[-1000:]
-  assert done.stderr.strip() == f"{module.split('.')[-1]}: error: Unknown command line flag 'no_such_flag'"
+  assert done.stderr.strip() == f"{module.removeprefix('hybrid_forcing_jax.')}: error: Unknown command line flag 'no_such_flag'"
 
 
 def test_tpu_probe_is_not_logged(caplog):
