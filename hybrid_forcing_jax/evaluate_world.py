@@ -1,10 +1,11 @@
 """Evaluate a world model with numbers: prompt following, long horizon and long memory (issue 12;
-protocols in world/eval_tasks.py and docs/world.md), printed as tables.
+protocols in world/eval_tasks.py and docs/world.md), printed as tables. Paths below: the world
+pipeline's (scripts/world_pipeline.sh).
 
-  python -m hybrid_forcing_jax.evaluate_world --config=configs/hybrid.py \
-      --dit=runs/world_hybrid/export/latest --text=ckpt/world_text --codec=ckpt/world_codec --random --ground_truth
-  python -m hybrid_forcing_jax.evaluate_world --config=configs/hybrid.py --teacher --dit=runs/world_teacher/export/latest \
-      --text=ckpt/world_text --codec=ckpt/world_codec
+  python -m hybrid_forcing_jax.evaluate_world --config=configs/world/hybrid.py --dit=runs/world/model/dit \
+      --text=runs/world/model/text --codec=runs/world/model/codec --random --ground_truth
+  python -m hybrid_forcing_jax.evaluate_world --config=configs/world/ode_init.py --teacher \
+      --dit=runs/world/teacher/export/00010000 --text=data/world/text --codec=data/world/codec
 
 Rows: the model of --dit (a streaming student with the config's `stream` section, or with --teacher a
 bidirectional teacher sampled by many Euler steps with CFG); --random: the same architecture with
@@ -22,6 +23,8 @@ from absl import flags
 
 from hybrid_forcing_jax import cli
 from hybrid_forcing_jax.cli import BadInput
+from hybrid_forcing_jax.world import grammar
+from hybrid_forcing_jax.world.scene import WorldConfig, long_memory_fits
 
 FLAGS = flags.FLAGS
 cli.define_config_flag("config", None, "Config with a `stream` section (configs/hybrid.py, configs/self_forcing.py, "
@@ -49,7 +52,6 @@ TEACHER_DEFAULTS = {"num_steps": 48, "shift": 5.0, "guidance": 6.0}   # configs/
 
 def stream_and_world():
   from hybrid_forcing_jax.streaming.config import from_config
-  from hybrid_forcing_jax.world.scene import WorldConfig
   if FLAGS.config is None:
     raise BadInput("give --config (a config with a `stream` section, e.g. configs/hybrid.py)")
   if "stream" not in FLAGS.config:
@@ -194,7 +196,6 @@ def report(results: dict, world, memory_note: str | None) -> str:
   if "long_memory" in FLAGS.tasks:
     body = [[n] + ([number(r["colour"]), number(r["back"]), str(r["prefix_frames"])] if r else ["n/a"] * 3)
             for n, r in ((n, results[n]["long_memory"]) for n in names)]
-    from hybrid_forcing_jax.world import grammar
     appear, leave, back = world.long_memory_frames
     parts.append(f"Long memory: object seen in frames {appear}-{leave - 1}, back from frame {back}; the caption has no "
                  f"colour; teacher-forced prefix of the ground truth's frames; chance {1 / len(grammar.COLOURS):.3f}"
@@ -205,7 +206,6 @@ def report(results: dict, world, memory_note: str | None) -> str:
 
 def memory_note(stream, world, codec_temporal_factor: int) -> str | None:
   """Why this stream does not make long memory a memory test, if it does not."""
-  from hybrid_forcing_jax.world.scene import long_memory_fits
   try:
     long_memory_fits(world, sink_frames=stream.sink_frames, window_frames=stream.window_frames,
                      chunk_frames=stream.chunk_frames, temporal_factor=codec_temporal_factor)

@@ -1,4 +1,4 @@
-"""Train the generator: one stage per config file (ODE init now; DMD next).
+"""Train one stage per config file: ODE init, DMD (phases 1 and 2) or flow matching (the world's teacher).
 
   python -m hybrid_forcing_jax.train --config=configs/ode_init.py --workdir=runs/ode_init
   python -m hybrid_forcing_jax.train --config=configs/ode_init.py:tiny --workdir=/tmp/tiny   # CPU

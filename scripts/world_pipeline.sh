@@ -8,7 +8,7 @@
 #
 # Every step resumes: run the same command again after an interruption and each finished step returns
 # quickly (train continues from its last checkpoint, make_ode_pairs skips finished shards, world.prepare
-# keeps what exists). Any other flag is passed to every train command (e.g. --config.train.log_every=10).
+# keeps what exists). Any --config.* flag is passed to every train command (e.g. --config.train.log_every=10).
 set -euo pipefail
 
 variant="" data=data/world runs=runs/world num_prompts=1000 extra=()

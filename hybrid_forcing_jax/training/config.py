@@ -15,7 +15,6 @@ import numpy as np
 
 from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import REMAT_POLICIES
-
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.world.scene import WorldConfig
 

@@ -127,7 +127,8 @@ def self_forcing_rollout(model: WanDiT, params, stream_cfg: StreamConfig, text_k
   one PRNG key per example. context_key: the key of the cache-write noise, needed when context_noise > 0.
   grad: False runs everything on frozen parameters (the critic's rollout). grad_params: the parameters of
   the window's exit forwards when they should differ from `params` (a test's way to show that nothing
-  else is differentiated); default `params`. vae: None, or (a latent codec: WanVAE or PixelCodec, its params) for the long-rollout rule.
+  else is differentiated); default `params`. vae: None, or (a latent codec: WanVAE or PixelCodec, its
+  params) for the long-rollout rule.
   """
   window = _window_chunks(stream_cfg, loss_frames)
   if isinstance(num_chunks, int) and num_chunks < window:

@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
 from hybrid_forcing_jax import tokenizer as tok
+from hybrid_forcing_jax.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hybrid_forcing_jax.text_encoder import TextEncoder, init_params, tiny_umt5_config
 
 CACHE_FORMAT = 1
@@ -73,7 +75,6 @@ def _encoder_identity(folder: str) -> str:
   weights on every start would cost minutes); "" for the tiny random encoder."""
   if not folder:
     return f"tiny-random-umt5-seed{TINY_ENCODER_SEED}"
-  from hybrid_forcing_jax.checkpoint import CONFIG_FILE, WEIGHTS_FILE
   if not all(os.path.isfile(os.path.join(folder, name)) for name in (CONFIG_FILE, WEIGHTS_FILE)):
     raise FileNotFoundError(f"text.encoder {folder!r} is not a converted umT5 folder ({CONFIG_FILE} and "
                             f"{WEIGHTS_FILE}; make one with python -m convert --model=t5)")
@@ -135,7 +136,6 @@ class PromptEmbeddings:
 def _build_cache(folder: str, prompts: list[str], text_cfg, progress: bool) -> None:
   """Encode in batches, append the real tokens' rows to a scratch folder, then rename it into place
   (a crash leaves no half-written entry; a concurrent builder's identical entry wins)."""
-  from tqdm import tqdm
   encoder, tokenize = build_text_encoder(text_cfg)
   os.makedirs(os.path.dirname(folder) or ".", exist_ok=True)
   scratch = f"{folder}.tmp-{os.getpid()}"

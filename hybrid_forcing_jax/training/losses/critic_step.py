@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from hybrid_forcing_jax.training.dmd_setup import DmdSetup
-from hybrid_forcing_jax.training.losses.critic import critic_loss as flow_matching_loss
+from hybrid_forcing_jax.training.losses.critic import critic_loss as critic_flow_loss
 from hybrid_forcing_jax.training.losses.generator import generator_rollout
 from hybrid_forcing_jax.training.losses.scores import conditional_x0_fn
 
@@ -28,7 +28,7 @@ def critic_loss(critic_params, frozen, batch, rng, *, setup: DmdSetup):
   rollout = generator_rollout(setup, jax.lax.stop_gradient(frozen["generator"]), frozen, context, plan_key, noise_keys,
                               grad=False)
   fake = conditional_x0_fn(setup.critic, critic_params, context)
-  loss, metrics = flow_matching_loss(rollout.video, fake, t_key, shift=setup.shift, t_min=setup.t_min,
-                                     t_max=setup.t_max)
+  loss, metrics = critic_flow_loss(rollout.video, fake, t_key, shift=setup.shift, t_min=setup.t_min,
+                                   t_max=setup.t_max)
   return loss, {**metrics, "critic_exit_step": rollout.exit_step.astype(jnp.float32),
                 "critic_rollout_chunks": rollout.num_chunks.astype(jnp.float32)}

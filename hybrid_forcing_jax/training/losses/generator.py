@@ -29,9 +29,10 @@ def generator_loss(gen_params, frozen, batch, rng, *, setup: DmdSetup):
   gen_params: the generator in compute dtypes (differentiated); frozen: {"teacher", "critic",
   "negative_context"[, "vae"]} (dmd_setup.py); batch: "context" [B, Lt, text_dim]; "noise_key" (uint32
   key data [B, 2]; optional, else drawn from rng): each example's noise key (rollout.window_noise), which
-  make_teacher_rollouts drew the target from; "teacher_latents" [B, loss_frames, h, w, C] (regulariser_source
-  "records": both are required); rng: the step's key, the same on every device (it draws the rollout plan). Metrics: dmd_loss, regulariser_loss (weighted),
-  regulariser_mse, regulariser_active, exit_step, rollout_chunks and DMD's own.
+  make_teacher_rollouts drew the target from; "teacher_latents" [B, loss_frames, h, w, C] (regulariser
+  source "records": both are required); rng: the step's key, the same on every device (it draws the
+  rollout plan). Metrics: dmd_loss, regulariser_loss (weighted), regulariser_mse, regulariser_active,
+  exit_step, rollout_chunks and DMD's own.
   """
   plan_key, noise_key, dmd_key = jax.random.split(rng, 3)
   records = setup.regulariser_weight > 0 and setup.regulariser_source == "records"

@@ -9,7 +9,7 @@ traced `lax.cond`, so one compiled step serves every exit step. The weight is ap
 adds this loss to DMD's as it is. Weight 0 turns it off (phase 1) without tracing the teacher.
 
 The teacher's target comes from a callable, so it can be a precomputed record or an online rollout
-(B1's `training.teacher.euler_trajectory`, at the configured guidance: the published code hard-codes
+(`training.teacher.euler_trajectory`, at the configured guidance: the published code hard-codes
 CFG 3.5, u + 3.5 (c - u) on the velocity, against a config that says 3.0; training_spec.md 3, D7).
 """
 from __future__ import annotations
