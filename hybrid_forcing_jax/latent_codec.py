@@ -5,7 +5,7 @@ interface (`encode(params, video)`, `decode_chunk(params, z, cache)`, `config.z_
 evaluation and the trainer take either one from the same kind of folder:
 
     codec, params = load_latent_codec("ckpt/vae")          # WanVAE, its parameters
-    codec, params = load_latent_codec("ckpt/world_codec")  # PixelCodec, {}
+    codec, params = load_latent_codec("data/world/codec")  # PixelCodec, {} (world.prepare writes it)
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import numpy as np
 from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import REMAT_POLICIES
 from hybrid_forcing_jax.streaming.config import StreamConfig
+from hybrid_forcing_jax.training.dmd_setup import REGULARISER_SOURCES
 from hybrid_forcing_jax.world.scene import WorldConfig
 
 
@@ -151,7 +152,6 @@ STAGE_SECTIONS = {
     "ode_init": ("model", "teacher", "text", "stream", "data", "optim", "train", "ode_pairs"),
     "dmd": ("model", "teacher", "critic", "text", "stream", "data", "optim", "train", "dmd", "regulariser"),
     "flow_matching": ("model", "text", "data", "optim", "train", "flow_matching", "world")}
-REGULARISER_SOURCES = ("online", "records")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,9 +124,7 @@ def _check_folder(folder: str, manifest: dict, config_key: str) -> None:
   if os.path.isfile(path):
     with open(path) as f:
       old = json.load(f)
-    diff = [f"{k} ({old['config'].get(k)!r} there, {manifest['config'].get(k)!r} now)"
-            for k in sorted(set(old["config"]) | set(manifest["config"]))
-            if old["config"].get(k) != manifest["config"].get(k)]
+    diff = config_diff(old["config"], manifest["config"])
     if diff:
       raise ValueError(f"{config_key} {folder!r} was made with a different config: {'; '.join(diff)}. "
                        "Use another folder (nothing was changed)")
@@ -137,6 +135,17 @@ def _check_folder(folder: str, manifest: dict, config_key: str) -> None:
     ensure_writable_folder(folder)
   except OSError as e:
     raise ValueError(f"{config_key} {folder!r} cannot be written: {e.strerror or e}") from None
+
+
+def config_diff(stored: dict, wanted: dict) -> list[str]:
+  """'key (stored value there, wanted value now)' for each key whose values differ (either side may lack it)."""
+  return [f"{k} ({stored.get(k)!r} there, {wanted.get(k)!r} now)"
+          for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+
+
+def unfinished_shards(folder: str, manifest: dict) -> list[int]:
+  """The shards of a folder without their DONE marker."""
+  return [s for s in range(manifest["num_shards"]) if not os.path.isfile(os.path.join(folder, shard_name(s) + ".done"))]
 
 
 def _write_manifest(folder: str, manifest: dict) -> None:
@@ -179,8 +188,7 @@ def ode_pair_dataset(folder: str, embeddings: PromptEmbeddings, *, seed: int = 0
   order each epoch), repeated `num_epochs` times (None: without end). `embeddings`: PromptEmbeddings of
   the prompts the folder was made from (each record's prompt is checked against it)."""
   manifest = read_manifest(folder)
-  unfinished = [s for s in range(manifest["num_shards"]) if not os.path.isfile(
-      os.path.join(folder, shard_name(s) + ".done"))]
+  unfinished = unfinished_shards(folder, manifest)
   if unfinished:
     raise ValueError(f"{folder!r}: {len(unfinished)} of {manifest['num_shards']} shards are unfinished (first: "
                      f"{shard_name(unfinished[0])}); run make_ode_pairs again to finish them")

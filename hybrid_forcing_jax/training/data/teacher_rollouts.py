@@ -11,14 +11,13 @@ example's noise key. A folder made with any other value that decides the records
 from __future__ import annotations
 
 import json
-import os
 
 import grain
 import jax
 import numpy as np
 
 from hybrid_forcing_jax.training import teacher_records
-from hybrid_forcing_jax.training.data.ode_pairs import ode_pair_dataset, read_manifest, shard_name
+from hybrid_forcing_jax.training.data.ode_pairs import config_diff, ode_pair_dataset, read_manifest, unfinished_shards
 
 CONFIG_KEY = "regulariser.records"
 TIMESTEPS = (0.0,)   # one kept latent: the final sample
@@ -39,12 +38,10 @@ def check_folder(run, prompts) -> None:
   folder = run.regulariser.records
   manifest = read_manifest(folder)
   wanted = json.loads(json.dumps(identity(run, prompts)))
-  diff = [f"{k} ({manifest['config'].get(k)!r} there, {wanted.get(k)!r} now)"
-          for k in sorted(set(manifest["config"]) | set(wanted)) if manifest["config"].get(k) != wanted.get(k)]
+  diff = config_diff(manifest["config"], wanted)
   if diff:
     raise ValueError(f"{folder!r} holds teacher rollouts of another config: {'; '.join(diff)}")
-  unfinished = [s for s in range(manifest["num_shards"])
-                if not os.path.isfile(os.path.join(folder, shard_name(s) + ".done"))]
+  unfinished = unfinished_shards(folder, manifest)
   if unfinished:
     raise ValueError(f"{folder!r}: {len(unfinished)} of {manifest['num_shards']} shards are unfinished; run "
                      "python -m hybrid_forcing_jax.make_teacher_rollouts with this config to finish them")
