@@ -159,7 +159,7 @@ def sample_shards(job: Job, make_sampler, describe, *, batch_per_device: int = 1
   batch = batch_per_device * mesh.size
   total = sum(len(job.writer.shard_range(s)) for s in pending)
   times = []
-  with tqdm(total=total, unit="prompt", desc="ODE pairs", dynamic_ncols=True) as bar:
+  with tqdm(total=total, unit="prompt", desc="teacher samples", dynamic_ncols=True) as bar:
     for shard in pending:
       indices = list(job.writer.shard_range(shard))
       with job.writer.open_shard(shard) as out:
