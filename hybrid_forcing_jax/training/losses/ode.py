@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import AttentionLayout
+from hybrid_forcing_jax.training.losses.reduction import mean_square
 
 
 def chunk_inputs(latents, rng, *, chunk_frames: int, denoising_timesteps: Sequence[float]):
@@ -62,5 +63,5 @@ def ode_regression_loss(params, batch, rng, *, model, chunk_frames: int, denoisi
   v = model.apply({"params": params}, x_t, t, batch.get("context"), text_kv=batch.get("text_kv"),
                   layout=AttentionLayout.block_causal(chunk_frames))
   x0 = flow.x0_from_velocity(x_t, v.astype(jnp.float32), t / flow.NUM_TRAIN_TIMESTEPS)
-  loss = jnp.mean(jnp.square(x0 - latents[:, -1].astype(jnp.float32)))
+  loss = mean_square(x0 - latents[:, -1].astype(jnp.float32))
   return loss, {}
