@@ -1,0 +1,130 @@
+"""The DMD stage under sharding (issue 11, "the 14B sharded over the mesh"), on 8 simulated CPU devices:
+
+  * the trainer's DMD parts (trainer.Job.build on configs/self_forcing.py:tiny: the real generator and
+    critic losses through steps.make_dmd_steps, jitted with train_state_shardings and
+    dmd_stage.frozen_shardings) give the same generator and critic losses and grad norms for STEPS
+    (generator, critic) update pairs on one device and on a data 4 x fsdp 2 mesh;
+  * there the frozen teacher's big weights are really split over fsdp, and so are the generator's and
+    the critic's (the state), while the negative prompt stays whole;
+  * every example draws rollout noise of its own (not the peers' same noise on every device, defect D3),
+    the same on one device as on eight: the losses' per-example draw, one example per device.
+
+Both meshes run in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8): four programs
+to compile, most of the file's time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.train_fixtures import REPO, write_tiny_dit
+
+BATCH, STEPS = 8, 3
+EIGHT_DEVICES = "import json; from tests.test_train_dmd_sharding import main; print(json.dumps(main()))"
+
+
+def build_config(folder: str):
+  """configs/self_forcing.py:tiny with BATCH prompts, a generator update at every step, and tiny DiTs
+  with random output heads (tests/train_fixtures.py) for all three networks, so that teacher and critic
+  disagree and the DMD loss is not zero."""
+  from configs import self_forcing
+
+  with open(os.path.join(folder, "prompts.txt"), "w") as f:
+    f.write("".join(f"tiny prompt number {i}\n" for i in range(BATCH)))
+  c = self_forcing.get_config("tiny")
+  for seed, name in enumerate(("model", "teacher", "critic")):
+    c[name].checkpoint = write_tiny_dit(os.path.join(folder, name), seed=seed)
+  c.data.update(dict(prompts=os.path.join(folder, "prompts.txt"), batch_size=BATCH))
+  c.text.cache_dir = os.path.join(folder, "text_cache")
+  c.dmd.generator_every = 1
+  return c
+
+
+def train(run, mesh) -> dict:
+  """STEPS (generator update, critic update) pairs on `mesh`, as trainer.Job.run calls them (each update
+  on its own batches and its own key stream) -> their losses and grad norms, and the shard shapes of
+  the q weights of the teacher, the generator and the critic."""
+  import jax
+
+  from hybrid_forcing_jax.training import trainer
+
+  parts = trainer.Job(run, workdir="", mesh=mesh).build()
+  state, local_batch = parts.state, run.data.batch_size
+  iterators = [trainer.batch_iterator(u.dataset, local_batch, num_workers=0) for u in parts.updates]
+  base_key = jax.random.key(run.train.seed)
+  out = {u.name: {"loss": [], "grad_norm": []} for u in parts.updates}
+  for _ in range(STEPS):
+    for i, (update, step_fn, it) in enumerate(zip(parts.updates, parts.step_fns, iterators)):
+      batch = jax.make_array_from_process_local_data(parts.batch_sharding, next(it))
+      state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, i), parts.frozen)
+      out[update.name]["loss"].append(float(metrics[f"{update.name}_loss"]))
+      out[update.name]["grad_norm"].append(float(metrics[f"{update.name}_grad_norm"]))
+  q = lambda params: list(params["blocks"]["self_attn"]["q"]["weight"].addressable_shards[0].data.shape)
+  out["q_shard"] = {"teacher": q(parts.frozen["teacher"]), "generator": q(state.params), "critic": q(state.critic)}
+  out["negative_context_shard"] = list(parts.frozen["negative_context"].addressable_shards[0].data.shape)
+  out["steps"] = int(state.step)
+  return out
+
+
+def example_noise(run, mesh) -> dict:
+  """The rollout noise of a batch, drawn as generator_loss and critic_loss draw it (one key per example
+  split from the step key, rollout.window_noise from it) in one program over `mesh`, batch split over it."""
+  import jax
+
+  from hybrid_forcing_jax.config import tiny_config
+  from hybrid_forcing_jax.training import sharding
+  from hybrid_forcing_jax.training.rollout import window_noise
+
+  def noise(rng):
+    _, noise_key, _ = jax.random.split(rng, 3)
+    return window_noise(jax.random.split(noise_key, BATCH), run.stream, loss_frames=run.data.num_frames,
+                        latent_hw=run.data.latent_hw,
+                        channels=tiny_config().in_dim)
+
+  out = jax.jit(noise, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(7))
+  return {"noise": np.asarray(out).tolist(), "devices": len({s.device for s in out.addressable_shards})}
+
+
+def main() -> dict:
+  import tempfile
+
+  import jax
+
+  from hybrid_forcing_jax.training import sharding
+  from hybrid_forcing_jax.training.config import parse
+
+  with tempfile.TemporaryDirectory() as folder:
+    run = parse(build_config(folder))
+    meshes = {"1x1": sharding.make_mesh(1, 1, devices=jax.devices()[:1]), "4x2": sharding.make_mesh(4, 2)}
+    return {"devices": jax.device_count(),
+            **{name: {"train": train(run, mesh), "noise": example_noise(run, mesh)} for name, mesh in meshes.items()}}
+
+
+def test_dmd_updates_give_the_one_device_numbers_on_eight_devices():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  done = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], capture_output=True, text=True, cwd=REPO, env=env,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 8
+  one, eight = result["1x1"]["train"], result["4x2"]["train"]
+  for role in ("generator", "critic"):
+    for metric in ("loss", "grad_norm"):
+      assert np.isfinite(one[role][metric]).all() and len(set(one[role][metric])) == STEPS, (role, metric)
+      np.testing.assert_allclose(eight[role][metric], one[role][metric], rtol=2e-5, err_msg=f"{role} {metric}")
+  assert one["steps"] == eight["steps"] == STEPS   # a step counts critic updates
+  # q [L, out, in] of the tiny DiT ([2, 48, 48]): split 2 ways on its out axis over fsdp 2, whole on one device.
+  assert eight["q_shard"] == {"teacher": [2, 24, 48], "generator": [2, 24, 48], "critic": [2, 24, 48]}
+  assert one["q_shard"]["teacher"] == [2, 48, 48]
+  assert eight["negative_context_shard"] == one["negative_context_shard"]
+
+  # D3: every example, one per device, draws noise of its own, the same on one device and on eight.
+  noise_one, noise_eight = result["1x1"]["noise"], result["4x2"]["noise"]
+  assert noise_eight["devices"] == 8
+  flat = np.asarray(noise_eight["noise"]).reshape(BATCH, -1)
+  assert (np.abs(flat[:, None] - flat[None]).max(-1) + np.eye(BATCH) > 0.5).all()
+  np.testing.assert_array_equal(noise_eight["noise"], noise_one["noise"])
