@@ -9,8 +9,8 @@
   * every example draws rollout noise of its own (not the peers' same noise on every device, defect D3),
     the same on one device as on eight: the losses' per-example draw, one example per device.
 
-Both meshes run in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8): four programs
-to compile, most of the file's time.
+Both meshes run in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8); tracing and
+compiling the two updates once per mesh is most of the file's time (~60 s on the 2-core dev box).
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def measure(data: int, fsdp: int) -> dict:
 
 
 def test_dmd_updates_give_the_one_device_numbers_on_eight_devices():
-  # XLA's cheapest CPU code generation: the four programs compile about twice as fast.
+  # XLA's cheapest CPU code generation: compiling the updates' programs is most of the time.
   flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
   done = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, cwd=REPO, timeout=600,
                         env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags})
