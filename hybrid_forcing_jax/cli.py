@@ -66,13 +66,26 @@ def run(main: Callable[[Sequence[str]], int | None], command: str) -> None:
   """absl's app.run with this project's exit statuses. `main(argv)` returns the exit status (None = 0)."""
   _quiet_backend_probe()
   try:
-    app.run(lambda argv: _no_extra_arguments(argv) or main(argv), flags_parser=_parse_flags(command))
+    app.run(lambda argv: _interrupted_exits_now(_no_extra_arguments(argv) or main(argv)),
+            flags_parser=_parse_flags(command))
   except BadInput as e:
     _exit(command, f"error: {e}", EXIT_BAD_INPUT)
   except RunFailed as e:
     _exit(command, f"error: {e}", EXIT_FAILURE)
   except KeyboardInterrupt:
-    _exit(command, "interrupted", EXIT_INTERRUPTED)
+    print(f"{command}: interrupted", file=sys.stderr)
+    _interrupted_exits_now(EXIT_INTERRUPTED)
+
+
+def _interrupted_exits_now(status):
+  """Leave at once with EXIT_INTERRUPTED, skipping the interpreter's teardown: Ctrl-C can land while JAX's
+  runtime threads start, and a normal teardown then sometimes crashes in them (SIGSEGV seen under load).
+  Everything worth keeping is closed by then (the MP4 writer, the trainer's checkpoint manager)."""
+  if status == EXIT_INTERRUPTED:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+  return status
 
 
 def _exit(command: str, message: str, status: int) -> None:

@@ -20,7 +20,7 @@ from hybrid_forcing_jax.training import builders, optim, stages
 from hybrid_forcing_jax.training.config import ConfigError, parse
 from hybrid_forcing_jax.training.losses.flow_matching import drop_captions, flow_matching_loss, noised_inputs
 from hybrid_forcing_jax.training.state import TrainState
-from hybrid_forcing_jax.world.prepare import prepare
+from hybrid_forcing_jax.world.assets import prepare
 
 WORLD_CONFIGS = ("teacher", "ode_init", "self_forcing", "hybrid")
 

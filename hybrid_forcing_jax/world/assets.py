@@ -1,0 +1,32 @@
+"""The world pipeline's inputs, written once into a folder (python -m hybrid_forcing_jax.world.prepare):
+
+    FOLDER/text/{text_encoder,tokenizer}/   world.text.save_world_text (seed 0: the shipped encoder)
+    FOLDER/codec/                           latent_codec.save_pixel_codec
+    FOLDER/prompts.txt                      world.captions.captions_file: train examples 0..N-1
+
+Each part that already exists is kept (the pipeline's steps are resumable; nothing is overwritten).
+"""
+from __future__ import annotations
+
+import os
+
+from hybrid_forcing_jax.latent_codec import save_pixel_codec
+from hybrid_forcing_jax.world.captions import captions_file
+from hybrid_forcing_jax.world.text import save_world_text
+
+TEXT, CODEC, PROMPTS = "text", "codec", "prompts.txt"
+
+
+def prepare(output: str, num_prompts: int, seed: int) -> list[str]:
+  """Write the missing parts into `output` -> the lines to print (what was written or kept)."""
+  writers = {TEXT: save_world_text, CODEC: save_pixel_codec,
+             PROMPTS: lambda path: captions_file(path, num_prompts, seed)}
+  lines = []
+  for name, write in writers.items():
+    path = os.path.join(output, name)
+    if os.path.exists(path):
+      lines.append(f"kept {path} (exists)")
+      continue
+    write(path)
+    lines.append(f"wrote {path}")
+  return lines
