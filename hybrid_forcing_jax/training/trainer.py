@@ -116,7 +116,7 @@ class Job:
 
     def data_state():
       # copies: the checkpoint is written in the background while the loop goes on
-      return {"iterators": [it.get_state() for it in iterators], "latest_metrics": [dict(m) for m in latest]}
+      return {"iterators": [it.get_state() for it in iterators], "latest_metrics": [on_host(m) for m in latest]}
 
     try:
       while step < t.steps:
@@ -129,11 +129,13 @@ class Job:
           if step % update.every == 0:
             batch = jax.make_array_from_process_local_data(parts.batch_sharding, next(it))
             state, update_metrics = step_fn(state, batch, keys[i], *frozen)
-            latest[i] = {"at_step": step + 1, **{k: float(v) for k, v in jax.device_get(update_metrics).items()}}
+            # Device arrays: read on the host only when logged or saved, so the loop does not wait for
+            # each step to finish before queueing the next one.
+            latest[i] = {"at_step": step + 1, **update_metrics}
         step += 1
         log.advance()
         if step % t.log_every == 0 or step == t.steps:
-          values = logged_metrics(parts.updates, latest)
+          values = logged_metrics(parts.updates, [on_host(m) for m in latest])
           now = time.perf_counter()
           step_time = (now - tick) / (step - ticked_step)
           tick, ticked_step = now, step
@@ -149,6 +151,11 @@ class Job:
       manager.wait_until_finished()
       manager.close()
       log.close()
+
+
+def on_host(metrics: dict) -> dict:
+  """A copy of an update's metrics with its (device) scalars as Python numbers."""
+  return {k: v if k == "at_step" else float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def logged_metrics(updates, latest) -> dict[str, float]:
