@@ -37,7 +37,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       ema_decay=0.999, ema_start=1000))
   c.train = ml_collections.ConfigDict(dict(
       steps=common.TEACHER_STEPS, seed=0, mesh=dict(data=-1, fsdp=1), log_every=50, checkpoint_every=500,
-      keep_last=2, keep_every=0, export_every=2000))
+      keep_last=2, keep_every=0, export_every=500))
   if variant == "tiny":
     make_tiny(c)
   return c
