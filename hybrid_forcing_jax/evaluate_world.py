@@ -10,8 +10,9 @@ pipeline's (scripts/world_pipeline.sh).
 Rows: the model of --dit (a streaming student with the config's `stream` section, or with --teacher a
 bidirectional teacher sampled by many Euler steps with CFG); --random: the same architecture with
 random weights (the floor); --ground_truth: the world's own videos (the measurements' ceiling: 1.0 where
-they read back what the example says). The world is the config's `world` section (WorldConfig keys) if
-it has one, else WorldConfig's defaults. Every value is in [0, 1]. Exit statuses: cli.py.
+they read back what the example says). --name names the --dit row (scripts/world_ablation.sh: the
+ablation's row). The world is the `world` section (WorldConfig keys) of --world_config, else of --config,
+else WorldConfig's defaults. Every value is in [0, 1]. Exit statuses: cli.py.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ FLAGS = flags.FLAGS
 cli.define_config_flag("config", None, "Config with a `stream` section (configs/hybrid.py, configs/self_forcing.py, "
                        "a world config) and optionally a `world` section", "evaluate_world")
 flags.DEFINE_string("dit", None, "DiT folder: the model to evaluate (a streaming student, or with --teacher the teacher)")
+flags.DEFINE_string("name", None, "The --dit row's name in the tables and the JSON (default: the folder's name)")
+cli.define_config_flag("world_config", None, "A config whose `world` section is the world to evaluate on (e.g. "
+                       "configs/world/teacher.py:tiny, the world the teacher learnt); default: --config's", "evaluate_world")
 flags.DEFINE_string("text", None, "World text folder (text_encoder/ and tokenizer/, world.text.save_world_text)")
 flags.DEFINE_string("codec", None, "Latent codec folder (latent_codec.save_pixel_codec, or a converted VAE)")
 flags.DEFINE_boolean("teacher", False, "--dit is a bidirectional teacher: sample with --teacher_steps Euler steps and CFG")
@@ -60,11 +64,19 @@ def stream_and_world():
     stream = from_config(FLAGS.config.stream)
   except (TypeError, ValueError) as e:
     raise BadInput(f"--config: stream: {e}") from None
+  return stream, world_setting()
+
+
+def world_setting() -> WorldConfig:
+  """--world_config's `world` section, else --config's, else WorldConfig()."""
+  flag = "world_config" if FLAGS.world_config is not None else "config"
+  config = getattr(FLAGS, flag)
+  if flag == "world_config" and "world" not in config:
+    raise BadInput("--world_config has no 'world' section")
   try:
-    world = WorldConfig.from_dict(dict(FLAGS.config.world)) if "world" in FLAGS.config else WorldConfig()
+    return WorldConfig.from_dict(dict(config.world)) if "world" in config else WorldConfig()
   except (TypeError, ValueError) as e:
-    raise BadInput(f"--config: world: {e}") from None
-  return stream, world
+    raise BadInput(f"--{flag}: world: {e}") from None
 
 
 def teacher_setting(key: str, flag):
@@ -104,8 +116,8 @@ def build_generators(stream) -> dict:
 
     from hybrid_forcing_jax.dit import init_params
     model, params, codec, codec_params, embed = load_model()
-    rows[os.path.basename(os.path.normpath(FLAGS.dit))] = make_generator(model, params, stream, codec, codec_params,
-                                                                        embed)
+    name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.dit))
+    rows[name] = make_generator(model, params, stream, codec, codec_params, embed)
     if FLAGS.random:
       random_params = init_params(model.config, jax.random.key(FLAGS.seed))
       rows["random weights"] = make_generator(model, random_params, stream, codec, codec_params, embed)
@@ -205,7 +217,10 @@ def report(results: dict, world, memory_note: str | None) -> str:
 
 
 def memory_note(stream, world, codec_temporal_factor: int) -> str | None:
-  """Why this stream does not make long memory a memory test, if it does not."""
+  """Why this stream does not make long memory a memory test, if it does not (students only: the
+  bidirectional teacher and the ground truth have no stream)."""
+  if not FLAGS.dit or FLAGS.teacher:
+    return None
   try:
     long_memory_fits(world, sink_frames=stream.sink_frames, window_frames=stream.window_frames,
                      chunk_frames=stream.chunk_frames, temporal_factor=codec_temporal_factor)
@@ -223,10 +238,12 @@ def main(argv) -> int:
   note = memory_note(stream, world, codecs[0].config.temporal_factor if codecs else 4)
   print(report(results, world, note))
   if FLAGS.output_json:
-    with open(FLAGS.output_json, "w") as f:
-      json.dump({"results": results, "stream": stream.to_dict(), "world": world.to_dict(),
+    # Written whole or not at all (world/report.py and scripts/world_ablation.sh read what is there).
+    with open(FLAGS.output_json + ".tmp", "w") as f:
+      json.dump({"results": results, "dit": FLAGS.dit, "stream": stream.to_dict(), "world": world.to_dict(),
                  "num_videos": FLAGS.num_videos, "seed": FLAGS.seed, "teacher": FLAGS.teacher,
                  "memory_note": note}, f, indent=2)
+    os.replace(FLAGS.output_json + ".tmp", FLAGS.output_json)
   return cli.EXIT_OK
 
 

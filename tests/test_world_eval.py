@@ -18,7 +18,9 @@ from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.world import eval_tasks
 from hybrid_forcing_jax.world.codec import PixelCodec
 from hybrid_forcing_jax.world.dataset import world_example
-from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator
+from hybrid_forcing_jax.training import guidance
+from hybrid_forcing_jax.training.teacher import euler_trajectory
+from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator, inpaint_prefix
 from hybrid_forcing_jax.world.eval_metrics import colour_histogram, histogram_distance
 from hybrid_forcing_jax.world.scene import WorldConfig
 from hybrid_forcing_jax.world.text import world_text_encoder
@@ -57,6 +59,13 @@ def tiny_world_model():
   return model, params, world_text_encoder().encode
 
 
+def with_random_head(params):
+  """Wan's zero output head makes the velocity 0 whatever the input; a random one makes it depend on it."""
+  head = params["head"]["head"]
+  weight = (0.05 * jax.random.normal(jax.random.key(1), head["weight"].shape)).astype(head["weight"].dtype)
+  return {**params, "head": {**params["head"], "head": {**head, "weight": weight}}}
+
+
 def test_long_memory_prefix_is_the_ground_truth_then_the_model_generates(tiny_world_model):
   model, params, embed = tiny_world_model
   generate = StreamGenerator(model, params, STREAM, PixelCodec(), {}, embed)
@@ -69,13 +78,37 @@ def test_long_memory_prefix_is_the_ground_truth_then_the_model_generates(tiny_wo
   assert np.abs(video[prefix:].astype(int) - example["video"][prefix:45]).max() > 0
 
 
-def test_teacher_rows_have_no_prefix_and_score_in_unit_range(tiny_world_model):
+def test_teacher_holds_the_ground_truth_prefix_and_scores_in_unit_range(tiny_world_model):
   model, params, embed = tiny_world_model
-  teacher = TeacherGenerator(model, params, PixelCodec(), {}, embed, negative_prompt="", num_steps=2, shift=5.0,
-                             guidance_scale=3.0)
+  teacher = TeacherGenerator(model, with_random_head(params), PixelCodec(), {}, embed, negative_prompt="", num_steps=2,
+                             shift=5.0, guidance_scale=3.0)
   scores = eval_tasks.prompt_following(teacher, SMALL_WORLD, num_videos=2, seed=0, batch_size=2)
   assert all(0.0 <= scores[k] <= 1.0 for k in ("colour", "shape", "direction", "all"))
-  assert eval_tasks.long_memory(teacher, SMALL_WORLD, num_videos=2, seed=0, batch_size=2) is None
+  prefix = teacher.prefix_frames(SMALL_WORLD.long_memory_frames[1])
+  assert prefix == 33   # latent frames 0-8, as the student's three chunks
+  example = world_example(SMALL_WORLD, "long_memory", 0, 0)
+  video = teacher([example], SMALL_WORLD.num_frames, jax.random.key(0), prefix_frames=prefix)[0]
+  np.testing.assert_array_equal(video[:prefix], example["video"][:prefix])   # held, then decoded losslessly
+  assert np.abs(video[prefix:].astype(int) - example["video"][prefix:]).max() > 0
+  # The rest is made seeing the prefix: another video's prefix, same caption and noise, changes it.
+  other = dict(example, video=world_example(SMALL_WORLD, "long_memory", 0, 1)["video"])
+  changed = teacher([other], SMALL_WORLD.num_frames, jax.random.key(0), prefix_frames=prefix)[0]
+  assert np.abs(changed[prefix:].astype(int) - video[prefix:]).max() > 0
+  memory = eval_tasks.long_memory(teacher, SMALL_WORLD, num_videos=2, seed=0, batch_size=2)
+  assert memory["prefix_frames"] == 33 and 0.0 <= memory["colour"] <= memory["back"] <= 1.0
+
+
+def test_inpainting_without_a_prefix_is_the_teachers_sampler(tiny_world_model):
+  """inpaint_prefix holding no frames takes euler_trajectory's steps (its copy of the step is the same ODE)."""
+  model, params, embed = tiny_world_model
+  params = with_random_head(params)
+  noise = jax.random.normal(jax.random.key(1), (1, 3, 4, 4, model.config.in_dim))
+  kv = guidance.text_kv(model, params, embed(["a red circle bouncing"]))
+  uncond = guidance.text_kv(model, params, embed([""]))
+  sampler = dict(num_steps=3, shift=5.0, guidance=3.0)
+  plain = euler_trajectory(model, params, noise, kv, uncond, keep=(3,), **sampler)[:, -1]
+  held = inpaint_prefix(model, params, noise, jnp.zeros((1, 0) + noise.shape[2:]), kv, uncond, **sampler)
+  np.testing.assert_allclose(np.asarray(held), np.asarray(plain), rtol=1e-5, atol=1e-5)
 
 
 def run_evaluate(*args, timeout=300):

@@ -6,7 +6,9 @@ teacher-forced prefix their ground-truth frames) to uint8 videos [B, T, H, W, 3]
                    encoded by the codec and written into the cache by `sampler.write_chunk` instead of
                    generated (teacher forcing): the model has SEEN those frames, as it sees its own.
   TeacherGenerator the bidirectional teacher: N Euler steps with CFG over the whole video at once
-                   (training/teacher.euler_trajectory), then decoded. No prefix (it has no cache).
+                   (training/teacher.euler_trajectory), then decoded. With a prefix, its latent frames
+                   are the ground truth's, held there by replacement (`inpaint_prefix`): the model
+                   denoises the rest seeing them, through full attention.
   GroundTruth      the examples' own videos: validates the measurements (they read back what the
                    caption says).
 
@@ -20,16 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.pipeline import to_uint8
 from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.training import guidance
+from hybrid_forcing_jax.training.guidance import cfg_x0
 from hybrid_forcing_jax.training.teacher import euler_trajectory
-
-
-class PrefixUnsupported(Exception):
-  """The generator cannot be conditioned on ground-truth frames."""
 
 
 # Every video of a batch [B, T, H, W, 3] in [-1, 1] -> uint8, rounded as the pipeline rounds.
@@ -38,6 +38,30 @@ _to_uint8 = jax.jit(jax.vmap(lambda video: to_uint8(video[None])))
 
 def _videos(examples) -> np.ndarray:
   return np.stack([e["video"] for e in examples])
+
+
+def _encode_prefix(codec, codec_params, videos: np.ndarray, frames: int):
+  return codec.encode(codec_params, jnp.asarray(videos[:, :frames], jnp.float32) / 127.5 - 1.0)
+
+
+def inpaint_prefix(model: WanDiT, params, noise, known, cond_kv, uncond_kv, *, num_steps: int, shift: float,
+                   guidance: float):
+  """euler_trajectory's final sample, with the first known.shape[1] latent frames held to `known`
+  (float32 [B, n, h, w, C]): before every step they are replaced by `known` noised to the step's sigma
+  with the sample's own noise (the replacement method: the point of the straight noise-to-`known` path
+  the sampler itself would be at), so the model denoises the other frames in their context at the
+  noise level it was trained on (one t for the whole video); at sigma 0 they are `known` exactly."""
+  n, b = known.shape[1], noise.shape[0]
+  sigmas = flow.euler_sigmas(num_steps, shift).astype(np.float32)
+
+  def step(x, schedule):
+    sigma, sigma_next = schedule
+    x = x.at[:, :n].set(flow.add_noise(known, noise[:, :n], sigma))
+    x0 = cfg_x0(model, params, x, jnp.full((b,), flow.NUM_TRAIN_TIMESTEPS * sigma), cond_kv, uncond_kv, guidance)
+    return flow.euler_step(x, flow.velocity_from_x0(x, x0, sigma), sigma, sigma_next), None
+
+  x, _ = jax.lax.scan(step, noise.astype(jnp.float32), (sigmas[:-1], sigmas[1:]))
+  return x.at[:, :n].set(known)
 
 
 class StreamGenerator:
@@ -65,7 +89,7 @@ class StreamGenerator:
     if prefix_frames:
       if prefix_frames != self.prefix_frames(prefix_frames):
         raise ValueError(f"a prefix of {prefix_frames} frames is no whole number of chunks")
-      prefix = self.codec.encode(self.codec_params, jnp.asarray(videos[:, :prefix_frames], jnp.float32) / 127.5 - 1.0)
+      prefix = _encode_prefix(self.codec, self.codec_params, videos, prefix_frames)
     state = sampler.start(self.model, self.params, self.stream, self.embed([e["caption"] for e in examples]), key,
                           (videos.shape[2] // sf, videos.shape[3] // sf))
     step = sampler.jitted_step(self.model, self.stream)
@@ -90,16 +114,17 @@ class TeacherGenerator:
                shift: float, guidance_scale: float):
     self.model, self.params, self.codec, self.codec_params, self.embed = model, params, codec, codec_params, embed
     self.negative_prompt = negative_prompt
-    self._sample = jax.jit(functools.partial(euler_trajectory, model, num_steps=num_steps, shift=shift,
-                                             guidance=guidance_scale, keep=(num_steps,)))
+    steps = dict(num_steps=num_steps, shift=shift, guidance=guidance_scale)
+    self._sample = jax.jit(functools.partial(euler_trajectory, model, keep=(num_steps,), **steps))
+    self._inpaint = jax.jit(functools.partial(inpaint_prefix, model, **steps))
     self._text_kv = jax.jit(functools.partial(guidance.text_kv, model))
 
   def prefix_frames(self, frames: int) -> int:
-    raise PrefixUnsupported("the bidirectional teacher has no cache to write a prefix into")
+    """The fewest video frames of whole latent frames (1 + 4k) that cover the first `frames` frames."""
+    tf = self.codec.config.temporal_factor
+    return 1 + tf * -(-(frames - 1) // tf)
 
   def __call__(self, examples, num_frames: int, key, prefix_frames: int = 0) -> np.ndarray:
-    if prefix_frames:
-      self.prefix_frames(prefix_frames)
     videos = _videos(examples)
     c = self.codec.config
     latent_frames = 1 + -(-(num_frames - 1) // c.temporal_factor)
@@ -107,7 +132,14 @@ class TeacherGenerator:
              self.model.config.in_dim)
     cond = self._text_kv(self.params, self.embed([e["caption"] for e in examples]))
     uncond = self._text_kv(self.params, self.embed([self.negative_prompt]))
-    z = self._sample(self.params, jax.random.normal(key, shape, jnp.float32), cond, uncond)[:, -1]
+    noise = jax.random.normal(key, shape, jnp.float32)
+    if prefix_frames:
+      if prefix_frames != self.prefix_frames(prefix_frames) or prefix_frames > num_frames:
+        raise ValueError(f"a prefix of {prefix_frames} frames is no whole number of latent frames of the video")
+      known = _encode_prefix(self.codec, self.codec_params, videos, prefix_frames).astype(jnp.float32)
+      z = self._inpaint(self.params, noise, known, cond, uncond)
+    else:
+      z = self._sample(self.params, noise, cond, uncond)[:, -1]
     frames = self.codec.decode(self.codec_params, z.astype(self.codec.options.dtype))
     return np.asarray(_to_uint8(frames))[:, :num_frames]
 

@@ -11,6 +11,8 @@ batches and averages world/eval_metrics.py's scores. The protocols (docs/world.m
                     the caption never says its colour. The generator is teacher-forced on the ground
                     truth's first chunks up to the frame where the object has left (it SAW the object),
                     then generates; scored on the colour at the return. Chance is 1 / number of colours.
+                    Students are forced through their cache, the teacher by holding the prefix's latent
+                    frames (eval_generators.inpaint_prefix).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import numpy as np
 from hybrid_forcing_jax.world import grammar
 from hybrid_forcing_jax.world.dataset import world_example
 from hybrid_forcing_jax.world.detect import detect
-from hybrid_forcing_jax.world.eval_generators import PrefixUnsupported
 from hybrid_forcing_jax.world.eval_metrics import prompt_scores, return_scores, window_scores
 from hybrid_forcing_jax.world.scene import WorldConfig
 
@@ -70,13 +71,9 @@ def long_horizon(generate, world: WorldConfig, *, seconds: float, num_videos: in
           "drift": [w["drift"] for w in windows], "videos": len(per_video)}
 
 
-def long_memory(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int) -> dict | None:
-  """None where the generator cannot be teacher-forced (the bidirectional teacher)."""
+def long_memory(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int) -> dict:
   appear, leave, back = world.long_memory_frames
-  try:
-    prefix = generate.prefix_frames(leave)
-  except PrefixUnsupported:
-    return None
+  prefix = generate.prefix_frames(leave)
   if prefix > back:
     raise ValueError(f"long memory: the teacher-forced prefix needs {prefix} frames to cover frame {leave}, past "
                      f"the return at frame {back}")
