@@ -15,6 +15,8 @@ setup(
     python_requires=">=3.11",
     # configs: the run configs that `sample` (and `train`) import as their defaults.
     packages=find_packages(include=["hybrid_forcing_jax*", "kernels*", "convert*", "configs"]),
+    # The shipped world model (hybrid_forcing_jax/world/model: dit/, text/, codec/), `sample`'s default.
+    package_data={"hybrid_forcing_jax.world": ["model/**/*"]},
     install_requires=requirements,
     extras_require={
         # Reading PyTorch `.pt` checkpoints (Self-Forcing / Hybrid Forcing, Wan's VAE and umT5) needs torch.

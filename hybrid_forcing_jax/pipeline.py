@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -15,17 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybrid_forcing_jax.checkpoint import load_checkpoint
-from hybrid_forcing_jax.config import WanConfig, tiny_config
 from hybrid_forcing_jax.dit import WanDiT
-from hybrid_forcing_jax.dit import init_params as init_dit_params
 from hybrid_forcing_jax.latent_codec import load_latent_codec
 from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
-from hybrid_forcing_jax.text_encoder import TEXT_LEN, PromptEmbeddingCache, TextEncoder, tiny_umt5_config
-from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
-from hybrid_forcing_jax.tokenizer import byte_tokenize, load_tokenizer
-from hybrid_forcing_jax.vae import WanVAE, tiny_vae_config
-from hybrid_forcing_jax.vae import init_params as init_vae_params
+from hybrid_forcing_jax.text_encoder import TEXT_LEN, PromptEmbeddingCache, TextEncoder
+from hybrid_forcing_jax.tokenizer import load_tokenizer
+from hybrid_forcing_jax.vae import WanVAE
 from hybrid_forcing_jax.world import text as world_text
 from hybrid_forcing_jax.world.tokenizer import WordTokenizer
 
@@ -38,7 +35,6 @@ class StreamingPipeline:
   vae: WanVAE        # or the world's PixelCodec: any latent codec of latent_codec.py
   vae_params: dict
   embed: Callable[[Sequence[str]], jnp.ndarray]  # prompts -> [B, text_len, text_dim]
-  random_weights: bool = False
 
   def video_frames_of_chunk(self, index: int) -> int:
     tf, f = self.vae.config.temporal_factor, self.stream.chunk_frames
@@ -96,10 +92,27 @@ def to_uint8(video):
   return jnp.clip(jnp.rint((video[0].astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
+# The world model that ships with the package (issue 12): the phase-2 EMA student with its text encoder,
+# tokenizer and codec, in the layout scripts/world_pipeline.sh exports (RUNS/model). `sample` streams it
+# when no checkpoint is given.
+SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "world", "model")
+
+
+def model_folders(root: str) -> dict[str, str]:
+  """A model exported as scripts/world_pipeline.sh does (dit/, codec/, text/text_encoder/, text/tokenizer/)
+  -> from_checkpoints' folder arguments."""
+  return dict(dit=os.path.join(root, "dit"), vae=os.path.join(root, "codec"),
+              text_encoder=os.path.join(root, "text", "text_encoder"),
+              tokenizer=os.path.join(root, "text", "tokenizer"))
+
+
 def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,
                      attention_backend: str = "auto") -> StreamingPipeline:
   """Converted checkpoint folders (python -m convert) and a local umT5 tokenizer folder; or the world's
-  model: its DiT, its pixel-codec folder as `vae` (latent_codec.py) and its text folders (world/text.py)."""
+  model: its DiT, its pixel-codec folder as `vae` (latent_codec.py) and its text folders (world/text.py).
+  Activations in bfloat16 on every device: it is what the models are trained in, and XLA's CPU runs the
+  world student (9.1M parameters, 64x64, hybrid stream) as fast in it as in float32 (2-core CPU: 1.68 s a
+  chunk either way, also with XLA held to AVX2, i.e. without the CPU's bf16 instructions)."""
   dit_config, dit_params = load_checkpoint(dit, "wan_dit")
   codec, codec_params = load_latent_codec(vae)
   words = load_tokenizer(tokenizer)
@@ -110,31 +123,8 @@ def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: 
   if encoder.config.dim != dit_config.text_dim:
     raise ValueError(f"text encoder {text_encoder!r} has dim {encoder.config.dim}, the DiT expects "
                      f"text_dim {dit_config.text_dim}")
-  if codec.config.z_dim != dit_config.in_dim:
+  if codec.config.z_dim != dit_config.in_dim or codec.config.z_dim != dit_config.out_dim:
     raise ValueError(f"latent codec {vae!r} has z_dim {codec.config.z_dim}, the DiT expects {dit_config.in_dim} "
-                     "channels")
+                     f"channels in and gives {dit_config.out_dim}")
   model = WanDiT(dit_config, attention_backend=attention_backend)
   return StreamingPipeline(model, dit_params, stream, codec, codec_params, encoder.encode)
-
-
-def builtin_random(stream: StreamConfig, seed: int = 0) -> StreamingPipeline:
-  """A tiny model with random weights, for running out of the box on a CPU: the pipeline is real, the
-  pictures are noise-like until trained weights are given. Text is tokenized as UTF-8 bytes. Float32
-  throughout, since CPUs run bf16 convolutions and matmuls far slower."""
-  t5_config = tiny_umt5_config(vocab_size=260)
-  dit_config: WanConfig = tiny_config(in_dim=16, out_dim=16, text_dim=t5_config.dim, num_layers=2)
-  vae_config = tiny_vae_config()
-  keys = jax.random.split(jax.random.key(seed), 3)
-  f32 = jnp.float32
-  dit_params = init_dit_params(dit_config, keys[0], param_dtype=f32)
-  # Wan zero-initialises the output head; random weights there make the random video visibly move.
-  dit_params["head"]["head"]["weight"] = 0.05 * jax.random.normal(
-      keys[1], dit_params["head"]["head"]["weight"].shape, dit_params["head"]["head"]["weight"].dtype)
-  encoder = TextEncoder(t5_config, init_t5_params(t5_config, keys[2], param_dtype=f32), dtype=f32, text_len=64)
-
-  def embed(prompts):
-    return encoder.encode_ids(*byte_tokenize(prompts, encoder.text_len))
-
-  dit = WanDiT(dit_config, dtype=f32, param_dtype=f32, attention_backend="xla")
-  return StreamingPipeline(dit, dit_params, stream, WanVAE(vae_config, dtype=f32),
-                           init_vae_params(vae_config, seed, param_dtype=f32), embed, random_weights=True)

@@ -1,6 +1,6 @@
 """Generate a streaming video from a prompt and write it to an MP4 as it is made.
 
-  python -m hybrid_forcing_jax.sample                      # built-in tiny random model on the CPU
+  python -m hybrid_forcing_jax.sample --prompt="a blue square bouncing"   # the shipped world model, CPU
   python -m hybrid_forcing_jax.sample --config=configs/hybrid.py --dit=ckpt/dit --vae=ckpt/vae \
       --text_encoder=ckpt/umt5 --tokenizer=Wan2.1-T2V-1.3B/google/umt5-xxl \
       --prompt="a fox in the snow" --seconds=60 --output=fox.mp4
@@ -40,18 +40,22 @@ def _default_config() -> str | None:
 FLAGS = flags.FLAGS
 cli.define_config_flag("config", _default_config(),
                        "Streaming setting: configs/hybrid.py (default) or configs/self_forcing.py", "sample")
-flags.DEFINE_string("prompt", "a red fox running through fresh snow, cinematic", "The prompt")
+flags.DEFINE_string("prompt", "a blue square bouncing", "The prompt (the shipped world model knows the world's "
+                    "captions: docs/world.md)")
 flags.DEFINE_string("prompts_file", None, "A file with one prompt per line: one video each (output_000.mp4, ...)")
 flags.DEFINE_string("prompt_schedule", None, "Switch prompts mid-stream: 'SECONDS:PROMPT;SECONDS:PROMPT', "
-                    "starting at 0, e.g. '0:a calm sea;10:a storm at sea'")
+                    "starting at 0, e.g. '0:a blue square bouncing;5:a red circle bouncing'")
 flags.DEFINE_float("seconds", None, "Video length in seconds (16 fps); 'inf' streams until Ctrl-C")
 flags.DEFINE_integer("num_frames", None, "Video length in frames (instead of --seconds)")
 flags.DEFINE_integer("seed", 0, "Random seed")
 flags.DEFINE_string("output", "sample.mp4", "Output MP4 path")
 flags.DEFINE_boolean("overwrite", False, "Replace existing output files (once the first frame is ready)")
-flags.DEFINE_integer("width", None, "Width in pixels, a multiple of 16 (default 832; built-in model 128)")
-flags.DEFINE_integer("height", None, "Height in pixels, a multiple of 16 (default 480; built-in model 128)")
-flags.DEFINE_string("dit", None, "Converted DiT folder (python -m convert --model=dit)")
+flags.DEFINE_integer("width", None, "Width in pixels, a multiple of 16 (default 832; the shipped world model: "
+                     "the world's, 64)")
+flags.DEFINE_integer("height", None, "Height in pixels, a multiple of 16 (default 480; the shipped world model: "
+                     "the world's, 64)")
+flags.DEFINE_string("dit", None, "Converted DiT folder (python -m convert --model=dit); none of --dit, --vae, "
+                    "--text_encoder, --tokenizer: the world model shipped in hybrid_forcing_jax/world/model")
 flags.DEFINE_string("vae", None, "Latent codec folder: a converted VAE (python -m convert --model=vae) or the "
                     "world's pixel codec (latent_codec.save_pixel_codec)")
 flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m convert --model=t5), or the world's")
@@ -65,8 +69,9 @@ flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid
 # ffmpeg is started with fork+exec after JAX's threads exist; exec follows at once, so the warning is moot.
 warnings.filterwarnings("ignore", message="os.fork\\(\\) was called", category=RuntimeWarning)
 
-FPS = 16
-BUILTIN_SECONDS = 2.0
+FPS = 16   # Wan2.1's frame rate, and the world's (WorldConfig.fps)
+DEFAULT_SECONDS = 2.0
+MODEL_FLAGS = ("dit", "vae", "text_encoder", "tokenizer")
 
 
 def parse_schedule(text: str) -> list[tuple[float, str]]:
@@ -93,20 +98,23 @@ def requested_frames() -> float:
   if FLAGS.num_frames is not None:
     frames = FLAGS.num_frames
   else:
-    seconds = BUILTIN_SECONDS if FLAGS.seconds is None else FLAGS.seconds
+    seconds = DEFAULT_SECONDS if FLAGS.seconds is None else FLAGS.seconds
     frames = seconds * FPS if math.isfinite(seconds) else math.inf
   if not frames > 0:
     raise BadInput(f"the video length must be positive, got {frames} frames")
   return frames
 
 
-def using_builtin_model() -> bool:
-  return not any(getattr(FLAGS, k) for k in ("dit", "vae", "text_encoder", "tokenizer"))
+def using_shipped_model() -> bool:
+  return not any(getattr(FLAGS, k) for k in MODEL_FLAGS)
 
 
-def check_size(builtin: bool) -> tuple[int, int]:
-  width = FLAGS.width if FLAGS.width is not None else (128 if builtin else 832)
-  height = FLAGS.height if FLAGS.height is not None else (128 if builtin else 480)
+def check_size(shipped: bool) -> tuple[int, int]:
+  """The flags' size, else the shipped model's (the world's videos it was trained on) or Wan's 832x480."""
+  from hybrid_forcing_jax.world.scene import WorldConfig
+  world = WorldConfig()
+  width = FLAGS.width if FLAGS.width is not None else (world.width if shipped else 832)
+  height = FLAGS.height if FLAGS.height is not None else (world.height if shipped else 480)
   for name, size in (("width", width), ("height", height)):
     if size <= 0 or size % 16:
       raise BadInput(f"--{name}={size} must be a positive multiple of 16")
@@ -127,19 +135,24 @@ def stream_config():
 
 
 def build_pipeline(stream):
+  """The model of the four folder flags, or with none of them the shipped world model: one loader."""
   from hybrid_forcing_jax import pipeline
-  given = {k: getattr(FLAGS, k) for k in ("dit", "vae", "text_encoder", "tokenizer")}
-  if not any(given.values()):
-    return pipeline.builtin_random(stream, FLAGS.seed)
-  missing = [f"--{k}" for k, v in given.items() if not v]
-  if missing:
-    raise BadInput(f"a trained model needs --dit, --vae, --text_encoder and --tokenizer; missing {missing}")
-  for key in ("dit", "vae", "text_encoder", "tokenizer"):
-    if not os.path.isdir(given[key]):
-      raise BadInput(f"--{key}={given[key]!r} is not a folder")
+  given = {k: getattr(FLAGS, k) for k in MODEL_FLAGS}
+  shipped = using_shipped_model()
+  if not shipped:
+    missing = [f"--{k}" for k, v in given.items() if not v]
+    if missing:
+      raise BadInput(f"a trained model needs --dit, --vae, --text_encoder and --tokenizer; missing {missing}")
+    for key in MODEL_FLAGS:
+      if not os.path.isdir(given[key]):
+        raise BadInput(f"--{key}={given[key]!r} is not a folder")
+  folders = pipeline.model_folders(pipeline.SHIPPED_MODEL) if shipped else given
   try:
-    return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend, **given)
+    return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend, **folders)
   except (ValueError, FileNotFoundError, OSError) as e:
+    if shipped:   # not the user's input: the installation lacks it
+      raise cli.RunFailed(f"the shipped model {pipeline.SHIPPED_MODEL} is missing or incomplete (a checkout "
+                          f"without it?): {e}; or give --dit, --vae, --text_encoder and --tokenizer") from None
     raise BadInput(f"cannot load the model: {e}") from None
 
 
@@ -256,7 +269,8 @@ def summary_line(summary: dict, width: int, height: int) -> str:
 def main(argv) -> int:
   total_frames = requested_frames()
   videos = prompts_to_run()
-  width, height = check_size(using_builtin_model())
+  shipped = using_shipped_model()
+  width, height = check_size(shipped)
   for path, _ in videos:
     check_output(path)
   stream = stream_config()
@@ -264,10 +278,10 @@ def main(argv) -> int:
   try:
     use_compilation_cache(FLAGS.compilation_cache_dir)
     pipe = build_pipeline(stream)
-    if pipe.random_weights:
-      print("NOTE: no checkpoints given (--dit/--vae/--text_encoder/--tokenizer): running a tiny built-in model "
-            "with RANDOM weights on this machine. The MP4 is real; its pictures are noise until you give a "
-            "trained model (see README: Weights, Convert).", file=sys.stderr)
+    if shipped:
+      from hybrid_forcing_jax.pipeline import SHIPPED_MODEL
+      print(f"no checkpoints given (--dit/--vae/--text_encoder/--tokenizer): streaming the world model shipped in "
+            f"{SHIPPED_MODEL}; it knows the world's captions (docs/world.md)", file=sys.stderr)
     for path, schedule in videos:
       try:
         summary = generate(pipe, path, schedule, total_frames, width, height, seed=FLAGS.seed,

@@ -1,14 +1,25 @@
-"""`python -m hybrid_forcing_jax.sample`: the out-of-the-box run writes a real MP4; bad input exits 2
-with one line naming the problem, before any work and without touching an existing file; Ctrl-C before
-the first frame leaves no file and exits 130."""
+"""`python -m hybrid_forcing_jax.sample`: the out-of-the-box run (the shipped world model) writes a real
+MP4 and `--seconds=inf` streams until Ctrl-C; bad input exits 2 with one line naming the problem, before
+any work and without touching an existing file; Ctrl-C before the first frame leaves no file and exits
+130. The pipeline's own behaviour (prompt switches, flat memory) runs on a tiny Wan-shaped model."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+
+from hybrid_forcing_jax.checkpoint import save_checkpoint
+from hybrid_forcing_jax.config import tiny_config
+from hybrid_forcing_jax.dit import init_params as init_dit_params
+from hybrid_forcing_jax.param_tree import flatten
+from hybrid_forcing_jax.vae import init_params as init_vae_params
+from hybrid_forcing_jax.vae import tiny_vae_config
+from hybrid_forcing_jax.world.text import save_world_text, world_tokenizer, world_umt5_config
 
 imageio = pytest.importorskip("imageio")  # the test extra; without it this module is skipped
 
@@ -27,21 +38,84 @@ def hybrid_stream():
   return from_config(hybrid.get_config().stream)
 
 
-def test_run_writes_playable_mp4_over_an_existing_file(tmp_path):
-  out, cache = tmp_path / "fox.mp4", tmp_path / "xla_cache"
+def save_tiny_wan_model(root) -> dict[str, str]:
+  """A tiny DiT over the tiny Wan VAE's 16 channels (random weights; the output head random too, not
+  Wan's zeros, so the video depends on the prompt) with the world's small text encoder, as folders: a
+  128x128 chunk costs 0.17 s on the CPU."""
+  text_dim = world_umt5_config(world_tokenizer().vocab_size).dim
+  dit_config, vae_config = tiny_config(in_dim=16, out_dim=16, text_dim=text_dim), tiny_vae_config()
+  params = init_dit_params(dit_config, jax.random.key(0))
+  head = params["head"]["head"]["weight"]
+  params["head"]["head"]["weight"] = (0.05 * jax.random.normal(jax.random.key(1), head.shape)).astype(head.dtype)
+  folders = dict(dit=f"{root}/dit", vae=f"{root}/vae", text_encoder=f"{root}/text/text_encoder",
+                 tokenizer=f"{root}/text/tokenizer")
+  save_checkpoint(folders["dit"], "wan_dit", dit_config, {k: np.asarray(v) for k, v in flatten(params).items()})
+  save_checkpoint(folders["vae"], "wan_vae", vae_config,
+                  {k: np.asarray(v) for k, v in flatten(init_vae_params(vae_config, 0)).items()})
+  save_world_text(f"{root}/text")
+  return folders
+
+
+@pytest.fixture(scope="module")
+def tiny_wan_model(tmp_path_factory):
+  return save_tiny_wan_model(str(tmp_path_factory.mktemp("tiny_wan")))
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA cache for this module's runs of the shipped model: later runs skip compiling."""
+  return tmp_path_factory.mktemp("xla_cache")
+
+
+def test_default_run_streams_the_shipped_model_over_an_existing_file(tmp_path, compilation_cache):
+  """No model flags: the shipped world model, 2 seconds at the world's 64x64, 16 fps."""
+  out = tmp_path / "square.mp4"
   out.write_bytes(b"an older video")
-  done = run_sample(f"--output={out}", "--overwrite", "--num_frames=30", f"--compilation_cache_dir={cache}",
-                    "--prompt_schedule=0:a calm sea;1:a storm at sea")
+  done = run_sample(f"--output={out}", "--overwrite", f"--compilation_cache_dir={compilation_cache}",
+                    "--prompt_schedule=0:a blue square bouncing;1:a red circle bouncing")
   assert done.returncode == 0, done.stderr[-2000:]
-  assert any(cache.iterdir()), "the compiled chunk step should be in the persistent cache"
-  assert "RANDOM weights" in done.stderr
+  assert any(compilation_cache.iterdir()), "the compiled chunk step should be in the persistent cache"
+  assert "streaming the world model shipped in" in done.stderr
   # The switch asked for at 1 s happens at the first chunk starting after it: frame 21 = 1.31 s.
-  assert "prompt switch at 1.31 s of video: 'a storm at sea'" in done.stderr
+  assert "prompt switch at 1.31 s of video: 'a red circle bouncing'" in done.stderr
   reader = imageio.get_reader(str(out))
   meta = reader.get_meta_data()
-  assert meta["fps"] == 16 and tuple(meta["size"]) == (128, 128)
-  assert reader.count_frames() == 30  # 9 + 12 + 12 made, trimmed to the requested 30
-  assert "wrote" in done.stdout and "30 frames" in done.stdout
+  assert meta["fps"] == 16 and tuple(meta["size"]) == (64, 64)
+  frames = np.stack([frame for frame in reader])
+  assert len(frames) == 32  # 9 + 12 + 12 made, trimmed to the default 2 seconds
+  assert "wrote" in done.stdout and "32 frames" in done.stdout
+  # Not a constant picture: colours vary within frames and the frames change over time.
+  assert min(np.ptp(f) for f in frames) > 0 and np.ptp(frames.astype(np.int16), axis=0).max() > 0
+
+
+def test_seconds_inf_streams_until_ctrl_c(tmp_path, compilation_cache):
+  """`--seconds=inf` keeps making chunks past any preset length; Ctrl-C ends it with a playable file."""
+  out = tmp_path / "forever.mp4"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "hybrid_forcing_jax.sample", "--seconds=inf", f"--output={out}",
+       f"--compilation_cache_dir={compilation_cache}"],
+      stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  # Past the default 2 seconds (32 frames; 33 made in 3 chunks): more frames than that in the file.
+  deadline = time.monotonic() + 300
+  while process.poll() is None and time.monotonic() < deadline and _frames_in(out) <= 33:
+    time.sleep(1)
+  assert process.poll() is None, process.communicate()[1][-2000:]
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-2000:]
+  assert "Traceback" not in stderr, stderr[-2000:]
+  frames = _frames_in(out)
+  assert frames > 33 and f"wrote {out} (interrupted): {frames} frames" in stdout, (frames, stdout)
+
+
+def _frames_in(path) -> int:
+  """Frames of a fragmented MP4, also while it grows (0 before its first fragment is complete)."""
+  if not path.exists():
+    return 0
+  try:
+    return imageio.get_reader(str(path)).count_frames()
+  except OSError:   # ffmpeg cannot read the file yet
+    return 0
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -129,10 +203,10 @@ def test_wrong_checkpoint_folder(tmp_path):
   assert "cannot load the model" in done.stderr and "not a converted checkpoint folder" in done.stderr
 
 
-def test_prompt_schedule_switches_at_the_chunk_holding_that_time():
+def test_prompt_schedule_switches_at_the_chunk_holding_that_time(tiny_wan_model):
   from hybrid_forcing_jax import sample
-  from hybrid_forcing_jax.pipeline import builtin_random
-  pipe = builtin_random(hybrid_stream())
+  from hybrid_forcing_jax.pipeline import from_checkpoints
+  pipe = from_checkpoints(hybrid_stream(), **tiny_wan_model)
   # chunk 0 = frames [0, 9), chunk 1 = [9, 21), chunk 2 = [21, 33) at 16 fps
   assert [pipe.chunk_start_frame(i) for i in range(4)] == [0, 9, 21, 33]
   schedule = sample.parse_schedule("0:a calm sea; 1.0:a storm;2.0:night")
@@ -142,7 +216,7 @@ def test_prompt_schedule_switches_at_the_chunk_holding_that_time():
   # The video itself: the same frames as the unswitched stream up to the switch, different from there.
   def video(schedule):
     return [f for _, f in pipe.frames(schedule, height=64, width=64, seed=0, num_chunks=3)]
-  calm, switched = video([(0, "a calm sea")]), video([(0, "a calm sea"), (2, "a storm")])
+  calm, switched = video([(0, "a blue square bouncing")]), video([(0, "a blue square bouncing"), (2, "a red circle")])
   assert all(np.array_equal(a, b) for a, b in zip(calm[:2], switched[:2]))
   assert not np.array_equal(calm[2], switched[2])
 
@@ -151,26 +225,25 @@ MEMORY_PROBE = """
 import json, resource, sys
 from hybrid_forcing_jax import sample
 from configs import hybrid
-from hybrid_forcing_jax.pipeline import builtin_random
+from hybrid_forcing_jax.pipeline import from_checkpoints
 from hybrid_forcing_jax.streaming.config import from_config
-pipe = builtin_random(from_config(hybrid.get_config().stream))
+pipe = from_checkpoints(from_config(hybrid.get_config().stream), **json.loads(sys.argv[2]))
 out = {}
 for chunks in (20, 200):
   frames = pipe.video_frames_of_chunk(0) + (chunks - 1) * pipe.video_frames_of_chunk(1)
-  summary = sample.generate(pipe, f"{sys.argv[1]}/v{chunks}.mp4", [(0.0, "a calm sea")], frames, 128, 128)
+  summary = sample.generate(pipe, f"{sys.argv[1]}/v{chunks}.mp4", [(0.0, "a blue square")], frames, 128, 128)
   out[chunks] = dict(frames=summary["frames"], peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(out))
 """
 
 
-def test_memory_stays_flat_over_200_chunks(tmp_path):
-  """The process's peak memory after a 200-chunk video (2397 frames, 113 MiB of uint8 pixels) is that of
-  a 20-chunk one: frames go to the MP4 as they are made and nothing accumulates per chunk."""
+def test_memory_stays_flat_over_200_chunks(tmp_path, tiny_wan_model):
+  """The process's peak memory after a 200-chunk video (2397 frames, 113 MiB of uint8 pixels at 128x128) is
+  that of a 20-chunk one: frames go to the MP4 as they are made and nothing accumulates per chunk."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path)], capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=900)
+  done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path), json.dumps(tiny_wan_model)],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
   assert done.returncode == 0, done.stderr[-2000:]
-  import json
   runs = json.loads(done.stdout.strip().splitlines()[-1])
   assert runs["20"]["frames"] == 9 + 19 * 12 and runs["200"]["frames"] == 9 + 199 * 12
   assert imageio.get_reader(str(tmp_path / "v200.mp4")).count_frames() == runs["200"]["frames"]

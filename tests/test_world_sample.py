@@ -1,9 +1,12 @@
 """The latent codec is chosen by its folder: `sample` streams a world model (tiny DiT over the pixel
 codec's 48 channels, the world's text encoder and word tokenizer) into an MP4 at the world's size, and
-codec folders are told apart from VAE and other checkpoints."""
+codec folders are told apart from VAE and other checkpoints. The world model shipped in the package
+(hybrid_forcing_jax/world/model) loads, its parts fit each other, and `sample`'s defaults are the world's;
+without it, `sample` says which folder it lacks."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,9 +15,14 @@ import pytest
 
 from hybrid_forcing_jax.checkpoint import load_checkpoint
 from hybrid_forcing_jax.latent_codec import load_latent_codec, save_pixel_codec
-from hybrid_forcing_jax.pipeline import from_checkpoints
-from hybrid_forcing_jax.streaming.config import StreamConfig
+from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, from_checkpoints, model_folders
+from hybrid_forcing_jax.streaming.config import StreamConfig, from_config
+from hybrid_forcing_jax.text_encoder import TextEncoder
+from hybrid_forcing_jax.tokenizer import load_tokenizer
+from hybrid_forcing_jax.world import text as world_text
 from hybrid_forcing_jax.world.codec import PixelCodec, PixelCodecConfig
+from hybrid_forcing_jax.world.scene import WorldConfig
+from hybrid_forcing_jax.world.tokenizer import WordTokenizer
 from tests.world_fixtures import save_world_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,3 +74,56 @@ def test_pipeline_refuses_a_codec_of_other_channels(world_model, tmp_path):
   with pytest.raises(ValueError, match="has z_dim 12, the DiT expects 48 channels"):
     from_checkpoints(StreamConfig(), dit=world_model["dit"], vae=str(tmp_path / "codec"),
                      text_encoder=os.path.join(text, "text_encoder"), tokenizer=os.path.join(text, "tokenizer"))
+
+
+def test_the_shipped_model_loads_and_its_parts_fit_each_other():
+  """scripts/world_pipeline.sh's export layout; the DiT reads and writes the codec's channels and the text
+  encoder's width; the text is the world's word tokenizer at the world's text length; the DiT is the
+  phase-2 (hybrid) student, with its linear memory."""
+  folders = model_folders(SHIPPED_MODEL)
+  dit_config, _ = load_checkpoint(folders["dit"], "wan_dit")
+  codec, codec_params = load_latent_codec(folders["vae"])
+  words = load_tokenizer(folders["tokenizer"])
+  encoder = TextEncoder.from_checkpoint(folders["text_encoder"], words, text_len=world_text.TEXT_LEN)
+  assert isinstance(codec, PixelCodec) and codec_params == {}
+  assert dit_config.in_dim == dit_config.out_dim == codec.config.z_dim
+  assert dit_config.text_dim == encoder.config.dim
+  assert isinstance(words, WordTokenizer) and words.vocab_size <= encoder.config.vocab_size
+  assert dit_config.linear_proj
+  pipe = from_checkpoints(StreamConfig(), **folders)
+  assert pipe.embed(["a blue square bouncing"]).shape == (1, world_text.TEXT_LEN, dit_config.text_dim)
+
+
+def test_samples_defaults_are_the_worlds():
+  """The default --config (configs/hybrid.py) streams as the shipped student was trained
+  (configs/world/hybrid.py); the world's frame rate is the MP4's."""
+  from configs import hybrid
+  from configs.world import hybrid as world_hybrid
+  from hybrid_forcing_jax import sample
+  assert from_config(hybrid.get_config().stream) == from_config(world_hybrid.get_config().stream)
+  assert WorldConfig().fps == sample.FPS
+
+
+MISSING_MODEL = """
+import sys
+from hybrid_forcing_jax import cli, pipeline, sample
+pipeline.SHIPPED_MODEL = sys.argv[1]
+sys.argv = ["sample", "--output=" + sys.argv[2], "--compilation_cache_dir="]
+cli.run(sample.main, "sample")
+"""
+
+
+def test_sample_without_the_shipped_model_names_its_folder(world_model, tmp_path):
+  """A checkout without the model (here: one whose codec folder is gone) exits 1 with one line naming
+  the folder, and writes nothing."""
+  root = tmp_path / "model"
+  shutil.copytree(os.path.dirname(world_model["dit"]), root)
+  shutil.rmtree(root / "codec")
+  out = tmp_path / "x.mp4"
+  done = subprocess.run([sys.executable, "-c", MISSING_MODEL, str(root), str(out)], capture_output=True, text=True,
+                        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  assert done.returncode == 1, done.stderr[-2000:]
+  line = done.stderr.strip().splitlines()
+  assert len(line) == 1 and line[0].startswith(f"sample: error: the shipped model {root} is missing or incomplete")
+  assert f"{root}/codec" in line[0] and "--dit, --vae, --text_encoder and --tokenizer" in line[0]
+  assert not out.exists()
