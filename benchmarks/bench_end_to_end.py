@@ -17,7 +17,7 @@ Each setting runs in its own process (clean peak-memory counter) and prints one 
   fps_with_mp4     with `--mp4=PATH`: the same stream also encoded into an MP4 (ffmpeg, libx264), the
                    last chunk counted when the file is complete, as the sample command does
   peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included)
-`--tiny` runs the built-in tiny random model instead, to try the script on a CPU.
+`--tiny` runs the world model shipped in the package (64x64) instead, to try the script on a CPU.
 """
 from __future__ import annotations
 
@@ -39,13 +39,14 @@ import numpy as np
 from hybrid_forcing_jax.config import WAN_1_3B
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.dit import init_params as init_dit_params
-from hybrid_forcing_jax.pipeline import StreamingPipeline, to_uint8, builtin_random
+from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, StreamingPipeline, from_checkpoints, model_folders, to_uint8
 from hybrid_forcing_jax.streaming.config import from_config
 from hybrid_forcing_jax.streaming.sampler import jitted_phases, start
 from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder
 from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
 from hybrid_forcing_jax.vae import WAN21_VAE, WanVAE
 from hybrid_forcing_jax.vae import init_params as init_vae_params
+from hybrid_forcing_jax.world.scene import WorldConfig
 
 
 def full_size_pipeline(cfg) -> StreamingPipeline:
@@ -160,8 +161,8 @@ def run_setting(name: str, args):
   cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)   # configs/<setting>.py
   if cfg.sparse_ratio is not None:
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
-  pipe = builtin_random(cfg) if args.tiny else full_size_pipeline(cfg)
-  hw = (128, 128) if args.tiny else (480, 832)
+  pipe = from_checkpoints(cfg, **model_folders(SHIPPED_MODEL)) if args.tiny else full_size_pipeline(cfg)
+  hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)   # the shipped model: the world's
   warm = cfg.cache_slots // cfg.chunk_frames + 2   # chunks until the window is full
   t0 = time.perf_counter()
   stream_stamps(pipe, "compile everything", warm + 1, hw)
@@ -190,7 +191,7 @@ def main():
   parser.add_argument("--setting", default="both", choices=("both", "hybrid", "self_forcing"))
   parser.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed")
   parser.add_argument("--sparse_backend", default="auto")
-  parser.add_argument("--tiny", action="store_true", help="the built-in tiny model, to try the script on a CPU")
+  parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   args = parser.parse_args()
   if args.setting == "both":
