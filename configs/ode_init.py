@@ -45,7 +45,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       num_steps=48, shift=5.0, guidance=6.0, keep=(0, 12, 24, 36, 48), records_per_shard=64, seed=0))
   c.data = ml_collections.ConfigDict(dict(
       prompts="data/prompts.txt", ode_pairs=c.ode_pairs.get_ref("output_dir"), num_frames=21, latent_hw=(60, 104),
-      batch_size=32, seed=0, num_workers=0))
+      # 4 threads read and decode the shards ahead of the step: on one thread a batch of 32 world pairs took
+      # 1.2 s, most of a 1.4-1.8 s ODE-init step on an H200 (docs/benchmarks.md).
+      batch_size=32, seed=0, num_workers=4))
   # CausVid's ODE regression: AdamW lr 2e-6, betas (0.9, 0.999), clip 10; EMA as Self-Forcing's.
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-6, b1=0.9, b2=0.999, weight_decay=0.01, eps=1e-8, clip_norm=10.0, warmup_steps=0, grad_accum=1,
