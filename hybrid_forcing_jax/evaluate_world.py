@@ -40,6 +40,8 @@ flags.DEFINE_boolean("teacher", False, "--dit is a bidirectional teacher: sample
 flags.DEFINE_boolean("random", False, "Add a row for --dit's architecture with random weights (the floor)")
 flags.DEFINE_boolean("ground_truth", False, "Add a row for the world's own videos (validates the measurements)")
 flags.DEFINE_list("tasks", ["prompt_following", "long_horizon", "long_memory"], "Which evaluations to run")
+flags.DEFINE_enum("prompt_split", "heldout", ["heldout", "train"], "Captions of prompt following: held-out "
+                  "combinations (generalisation) or the training distribution (was the world learnt at all)")
 flags.DEFINE_integer("num_videos", 12, "Videos per evaluation (held-out captions: 12 distinct combinations)")
 flags.DEFINE_integer("seed", 0, "Seed of the examples (world splits) and of the generators' noise")
 flags.DEFINE_integer("batch_size", 12, "Videos generated at once")
@@ -168,6 +170,8 @@ def evaluate(rows: dict, world) -> dict:
         # A bidirectional teacher makes one clip of the training length; long videos are the students'.
         out = None if isinstance(generate, TeacherGenerator) else eval_tasks.long_horizon(
             generate, world, seconds=FLAGS.horizon_seconds, **common)
+      elif task == "prompt_following":
+        out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split, **common)
       else:
         out = getattr(eval_tasks, task)(generate, world, **common)
       results[name][task] = out
@@ -190,7 +194,8 @@ def report(results: dict, world, memory_note: str | None) -> str:
   if "prompt_following" in FLAGS.tasks:
     body = [[n] + [number(r[k]) if r else "n/a" for k in ("colour", "shape", "direction", "all")]
             for n, r in ((n, results[n]["prompt_following"]) for n in names)]
-    parts.append(f"Prompt following: held-out captions, {FLAGS.num_videos} videos of {world.num_frames} frames\n"
+    captions = {"heldout": "held-out captions", "train": "training captions"}[FLAGS.prompt_split]
+    parts.append(f"Prompt following: {captions}, {FLAGS.num_videos} videos of {world.num_frames} frames\n"
                  + table(["row", "colour", "shape", "direction", "all correct"], body))
   if "long_horizon" in FLAGS.tasks:
     done = [r["long_horizon"] for r in results.values() if r["long_horizon"]]
@@ -241,7 +246,7 @@ def main(argv) -> int:
     # Written whole or not at all (world/report.py and scripts/world_ablation.sh read what is there).
     with open(FLAGS.output_json + ".tmp", "w") as f:
       json.dump({"results": results, "dit": FLAGS.dit, "stream": stream.to_dict(), "world": world.to_dict(),
-                 "num_videos": FLAGS.num_videos, "seed": FLAGS.seed, "teacher": FLAGS.teacher,
+                 "num_videos": FLAGS.num_videos, "prompt_split": FLAGS.prompt_split, "seed": FLAGS.seed, "teacher": FLAGS.teacher,
                  "memory_note": note}, f, indent=2)
     os.replace(FLAGS.output_json + ".tmp", FLAGS.output_json)
   return cli.EXIT_OK

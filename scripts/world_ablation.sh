@@ -38,19 +38,9 @@ for row in "${rows[@]}"; do
 done
 [[ "$num_videos" =~ ^[1-9][0-9]*$ ]] || bad "--num_videos=$num_videos must be a positive integer"
 
-step() {  # step NAME COMMAND...: run it, say how long it took
-  local name="$1" start=$SECONDS
-  shift
-  echo "== world_ablation: $name: $*"
-  "$@"
-  echo "== world_ablation: $name done in $((SECONDS - start)) s"
-}
-
-latest_export() {  # the newest EMA export of a run (the trainer writes export/<8-digit step>), or nothing
-  local newest
-  newest=$(ls -d "$1"/export/*/ 2>/dev/null | sort | tail -n 1)
-  echo "${newest%/}"
-}
+SCRIPT=world_ablation.sh
+# shellcheck source=scripts/world_lib.sh
+source "$(dirname "$0")/world_lib.sh"
 
 first="run scripts/world_pipeline.sh first (same --tiny, --data, --runs)"
 needs() {  # needs RUN: the newest export of the main pipeline's stage RUN, or refuse

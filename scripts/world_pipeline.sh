@@ -27,20 +27,9 @@ text=(--config.text.encoder="$data/text/text_encoder" --config.text.tokenizer="$
       --config.text.cache_dir="$data/text_cache")
 prompts=(--config.data.prompts="$data/prompts.txt")
 
-step() {  # step NAME COMMAND...: run it, say how long it took
-  local name="$1" start=$SECONDS
-  shift
-  echo "== world_pipeline: $name: $*"
-  "$@"
-  echo "== world_pipeline: $name done in $((SECONDS - start)) s"
-}
-
-latest_export() {  # the newest EMA export of a run (the trainer writes export/<8-digit step>)
-  local newest
-  newest=$(ls -d "$1"/export/*/ 2>/dev/null | sort | tail -n 1)
-  [[ -n "$newest" ]] || { echo "world_pipeline.sh: error: no export in $1/export" >&2; exit 1; }
-  echo "${newest%/}"
-}
+SCRIPT=world_pipeline.sh
+# shellcheck source=scripts/world_lib.sh
+source "$(dirname "$0")/world_lib.sh"
 
 train() {  # train STAGE_CONFIG WORKDIR OVERRIDES...
   python -m hybrid_forcing_jax.train --config="configs/world/$1.py$variant" --workdir="$2" "${text[@]}" \
@@ -50,7 +39,7 @@ train() {  # train STAGE_CONFIG WORKDIR OVERRIDES...
 step prepare python -m hybrid_forcing_jax.world.prepare --output="$data" --num_prompts="$num_prompts"
 
 step teacher train teacher "$runs/teacher" --config.data.codec="$data/codec"
-teacher=$(latest_export "$runs/teacher")
+teacher=$(require_export "$runs/teacher")
 
 step ode_pairs python -m hybrid_forcing_jax.make_ode_pairs --config="configs/world/ode_init.py$variant" "${text[@]}" \
   "${prompts[@]}" --config.ode_pairs.output_dir="$data/ode_pairs" --config.teacher.checkpoint="$teacher"
@@ -60,12 +49,12 @@ step ode_init train ode_init "$runs/ode_init" "${prompts[@]}" --config.ode_pairs
 
 dmd=("${prompts[@]}" --config.teacher.checkpoint="$teacher" --config.critic.checkpoint="$teacher"
      --config.dmd.vae="$data/codec")
-ode_init=$(latest_export "$runs/ode_init")
+ode_init=$(require_export "$runs/ode_init")
 step self_forcing train self_forcing "$runs/self_forcing" "${dmd[@]}" --config.model.checkpoint="$ode_init"
 
-self_forcing=$(latest_export "$runs/self_forcing")
+self_forcing=$(require_export "$runs/self_forcing")
 step hybrid train hybrid "$runs/hybrid" "${dmd[@]}" --config.model.checkpoint="$self_forcing"
-student=$(latest_export "$runs/hybrid")
+student=$(require_export "$runs/hybrid")
 
 export_model() {  # the shipped layout: the student, its text encoder + tokenizer and its codec side by side
   rm -rf "$1.tmp"

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.world import eval_tasks
@@ -20,7 +21,7 @@ from hybrid_forcing_jax.world.codec import PixelCodec
 from hybrid_forcing_jax.world.dataset import world_example
 from hybrid_forcing_jax.training import guidance
 from hybrid_forcing_jax.training.teacher import euler_trajectory
-from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator, inpaint_prefix
+from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator
 from hybrid_forcing_jax.world.eval_metrics import colour_histogram, histogram_distance
 from hybrid_forcing_jax.world.scene import WorldConfig
 from hybrid_forcing_jax.world.text import world_text_encoder
@@ -34,8 +35,9 @@ STREAM = StreamConfig(sparse_ratio=None)          # Hybrid Forcing's sink, windo
 def test_ground_truth_scores_one_everywhere():
   world, truth = WorldConfig(), GroundTruth()
   common = dict(seed=3, batch_size=5)
-  following = eval_tasks.prompt_following(truth, world, num_videos=12, **common)
-  assert following == {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "videos": 12}
+  for split in ("heldout", "train"):
+    following = eval_tasks.prompt_following(truth, world, num_videos=12, split=split, **common)
+    assert following == {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "split": split, "videos": 12}
   horizon = eval_tasks.long_horizon(truth, world, seconds=20, num_videos=4, **common)
   assert horizon["object"] == [1.0] * 4 and max(horizon["drift"]) < 0.01
   memory = eval_tasks.long_memory(truth, world, num_videos=12, **common)
@@ -98,17 +100,24 @@ def test_teacher_holds_the_ground_truth_prefix_and_scores_in_unit_range(tiny_wor
   assert memory["prefix_frames"] == 33 and 0.0 <= memory["colour"] <= memory["back"] <= 1.0
 
 
-def test_inpainting_without_a_prefix_is_the_teachers_sampler(tiny_world_model):
-  """inpaint_prefix holding no frames takes euler_trajectory's steps (its copy of the step is the same ODE)."""
+def test_inpainting_holds_the_known_frames_on_the_noise_path(tiny_world_model):
+  """euler_trajectory(known=): every kept point has the known frames at its sigma on the straight path from
+  the sample's own noise (the replacement method), the final sample has them exactly, and the other frames
+  differ from the unheld sample (they are denoised in the held frames' context)."""
   model, params, embed = tiny_world_model
   params = with_random_head(params)
   noise = jax.random.normal(jax.random.key(1), (1, 3, 4, 4, model.config.in_dim))
+  known = jax.random.normal(jax.random.key(2), (1, 1, 4, 4, model.config.in_dim))
   kv = guidance.text_kv(model, params, embed(["a red circle bouncing"]))
   uncond = guidance.text_kv(model, params, embed([""]))
   sampler = dict(num_steps=3, shift=5.0, guidance=3.0)
-  plain = euler_trajectory(model, params, noise, kv, uncond, keep=(3,), **sampler)[:, -1]
-  held = inpaint_prefix(model, params, noise, jnp.zeros((1, 0) + noise.shape[2:]), kv, uncond, **sampler)
-  np.testing.assert_allclose(np.asarray(held), np.asarray(plain), rtol=1e-5, atol=1e-5)
+  sigmas = flow.euler_sigmas(3, 5.0)
+  held = euler_trajectory(model, params, noise, kv, uncond, keep=(0, 1, 2, 3), known=known, **sampler)
+  for i, sigma in enumerate(sigmas):
+    np.testing.assert_allclose(np.asarray(held[:, i, :1]), np.asarray(flow.add_noise(known, noise[:, :1], sigma)),
+                               rtol=1e-6, atol=1e-6)
+  plain = euler_trajectory(model, params, noise, kv, uncond, keep=(3,), **sampler)
+  assert float(jnp.abs(held[:, -1, 1:] - plain[:, -1, 1:]).max()) > 1e-4
 
 
 def run_evaluate(*args, timeout=300):
@@ -132,7 +141,7 @@ def test_cli_prints_the_tables_for_a_random_model(tmp_path):
   results = json.loads(out.read_text())["results"]
   assert list(results) == ["dit", "random weights", "ground truth"]
   values = [v for row in results.values() for task in row.values() for k, v in task.items()
-            if k not in ("videos", "prefix_frames", "window_seconds")]
+            if k not in ("videos", "prefix_frames", "window_seconds", "split")]
   flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
   assert flat and all(0.0 <= x <= 1.0 for x in flat)
   truth = results["ground truth"]

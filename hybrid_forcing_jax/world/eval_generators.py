@@ -7,7 +7,7 @@ teacher-forced prefix their ground-truth frames) to uint8 videos [B, T, H, W, 3]
                    generated (teacher forcing): the model has SEEN those frames, as it sees its own.
   TeacherGenerator the bidirectional teacher: N Euler steps with CFG over the whole video at once
                    (training/teacher.euler_trajectory), then decoded. With a prefix, its latent frames
-                   are the ground truth's, held there by replacement (`inpaint_prefix`): the model
+                   are the ground truth's, held there by replacement (`euler_trajectory(..., known=)`): the model
                    denoises the rest seeing them, through full attention.
   GroundTruth      the examples' own videos: validates the measurements (they read back what the
                    caption says).
@@ -22,13 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.pipeline import to_uint8
 from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.training import guidance
-from hybrid_forcing_jax.training.guidance import cfg_x0
 from hybrid_forcing_jax.training.teacher import euler_trajectory
 
 
@@ -42,26 +40,6 @@ def _videos(examples) -> np.ndarray:
 
 def _encode_prefix(codec, codec_params, videos: np.ndarray, frames: int):
   return codec.encode(codec_params, jnp.asarray(videos[:, :frames], jnp.float32) / 127.5 - 1.0)
-
-
-def inpaint_prefix(model: WanDiT, params, noise, known, cond_kv, uncond_kv, *, num_steps: int, shift: float,
-                   guidance: float):
-  """euler_trajectory's final sample, with the first known.shape[1] latent frames held to `known`
-  (float32 [B, n, h, w, C]): before every step they are replaced by `known` noised to the step's sigma
-  with the sample's own noise (the replacement method: the point of the straight noise-to-`known` path
-  the sampler itself would be at), so the model denoises the other frames in their context at the
-  noise level it was trained on (one t for the whole video); at sigma 0 they are `known` exactly."""
-  n, b = known.shape[1], noise.shape[0]
-  sigmas = flow.euler_sigmas(num_steps, shift).astype(np.float32)
-
-  def step(x, schedule):
-    sigma, sigma_next = schedule
-    x = x.at[:, :n].set(flow.add_noise(known, noise[:, :n], sigma))
-    x0 = cfg_x0(model, params, x, jnp.full((b,), flow.NUM_TRAIN_TIMESTEPS * sigma), cond_kv, uncond_kv, guidance)
-    return flow.euler_step(x, flow.velocity_from_x0(x, x0, sigma), sigma, sigma_next), None
-
-  x, _ = jax.lax.scan(step, noise.astype(jnp.float32), (sigmas[:-1], sigmas[1:]))
-  return x.at[:, :n].set(known)
 
 
 class StreamGenerator:
@@ -116,7 +94,7 @@ class TeacherGenerator:
     self.negative_prompt = negative_prompt
     steps = dict(num_steps=num_steps, shift=shift, guidance=guidance_scale)
     self._sample = jax.jit(functools.partial(euler_trajectory, model, keep=(num_steps,), **steps))
-    self._inpaint = jax.jit(functools.partial(inpaint_prefix, model, **steps))
+    self._inpaint = jax.jit(functools.partial(euler_trajectory, model, keep=(num_steps,), **steps))
     self._text_kv = jax.jit(functools.partial(guidance.text_kv, model))
 
   def prefix_frames(self, frames: int) -> int:
@@ -137,7 +115,7 @@ class TeacherGenerator:
       if prefix_frames != self.prefix_frames(prefix_frames) or prefix_frames > num_frames:
         raise ValueError(f"a prefix of {prefix_frames} frames is no whole number of latent frames of the video")
       known = _encode_prefix(self.codec, self.codec_params, videos, prefix_frames).astype(jnp.float32)
-      z = self._inpaint(self.params, noise, known, cond, uncond)
+      z = self._inpaint(self.params, noise, cond, uncond, known=known)[:, -1]
     else:
       z = self._sample(self.params, noise, cond, uncond)[:, -1]
     frames = self.codec.decode(self.codec_params, z.astype(self.codec.options.dtype))

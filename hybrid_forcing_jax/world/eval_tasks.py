@@ -12,7 +12,7 @@ batches and averages world/eval_metrics.py's scores. The protocols (docs/world.m
                     truth's first chunks up to the frame where the object has left (it SAW the object),
                     then generates; scored on the colour at the return. Chance is 1 / number of colours.
                     Students are forced through their cache, the teacher by holding the prefix's latent
-                    frames (eval_generators.inpaint_prefix).
+                    frames (training.teacher.euler_trajectory's `known`).
 """
 from __future__ import annotations
 
@@ -45,13 +45,21 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int) -> dict:
+PROMPT_SPLITS = ("heldout", "train")
+
+
+def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int,
+                     split: str = "heldout") -> dict:
+  """split `heldout` (the generalisation test) or `train` (captions of the training distribution: whether
+  the model learnt the world at all, before asking whether it composes)."""
+  if split not in PROMPT_SPLITS:
+    raise ValueError(f"prompt following: split must be one of {PROMPT_SPLITS}, got {split!r}")
   world = dataclasses.replace(world, omit_probability=0.0)
   rows = []
-  for batch, examples in _batches(world, "heldout", num_videos, seed, batch_size):
+  for batch, examples in _batches(world, split, num_videos, seed, batch_size):
     videos = generate(examples, world.num_frames, _key(seed, "prompt_following", batch))
     rows += [prompt_scores(detect(v), e) for v, e in zip(videos, examples)]
-  return {**_mean(rows), "videos": len(rows)}
+  return {**_mean(rows), "split": split, "videos": len(rows)}
 
 
 def long_horizon(generate, world: WorldConfig, *, seconds: float, num_videos: int, seed: int,

@@ -50,7 +50,7 @@ def load(paths: list[str]) -> list[dict]:
       raise BadInput(f"--results: {path}: cannot be read as JSON ({type(e).__name__}: {e})") from None
     if not isinstance(run, dict) or not isinstance(run.get("results"), dict) or "seed" not in run:
       raise BadInput(f"--results: {path}: not an evaluate_world --output_json file (it needs 'results' and 'seed')")
-    for key in ("world", "num_videos"):
+    for key in ("world", "num_videos", "prompt_split"):
       if runs and run.get(key) != runs[0].get(key):
         raise BadInput(f"--results: {path} was evaluated with another {key} than {paths[0]}: not comparable")
     runs.append(run)

@@ -1,0 +1,23 @@
+# Shell functions of scripts/world_pipeline.sh and scripts/world_ablation.sh (sourced; the caller sets SCRIPT,
+# its name for messages).
+
+step() {  # step NAME COMMAND...: run it, say how long it took
+  local name="$1" start=$SECONDS
+  shift
+  echo "== $SCRIPT: $name: $*"
+  "$@"
+  echo "== $SCRIPT: $name done in $((SECONDS - start)) s"
+}
+
+latest_export() {  # the newest EMA export of a run (the trainer writes export/<8-digit step>), or nothing
+  local newest
+  newest=$(ls -d "$1"/export/*/ 2>/dev/null | sort | tail -n 1)
+  echo "${newest%/}"
+}
+
+require_export() {  # latest_export, or exit 1 naming the run
+  local found
+  found=$(latest_export "$1")
+  [[ -n "$found" ]] || { echo "$SCRIPT: error: no export in $1/export" >&2; exit 1; }
+  echo "$found"
+}
