@@ -61,6 +61,10 @@ flags.DEFINE_string("vae", None, "Latent codec folder: a converted VAE (python -
 flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m convert --model=t5), or the world's")
 flags.DEFINE_string("tokenizer", None, "Local google/umt5-xxl tokenizer folder, or the world's word tokenizer folder")
 flags.DEFINE_boolean("recache", True, "On a prompt switch, re-encode the cached window under the new prompt")
+flags.DEFINE_enum("text_encoder_weights", "auto", ["auto", "host", "device"],
+                  "Where the text encoder's weights stay between prompt changes: host (copied to the device a "
+                  "layer at a time only to encode a prompt: umT5-XXL's 11 GB off the GPU), device, or auto: "
+                  "host on a GPU or TPU, device on the CPU")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend (auto, xla, cudnn, pallas_triton, pallas_mosaic)")
 flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid_forcing_jax", "xla"),
                     "Persistent XLA compilation cache: later runs with the same model and sizes skip most "
@@ -148,7 +152,9 @@ def build_pipeline(stream):
         raise BadInput(f"--{key}={given[key]!r} is not a folder")
   folders = pipeline.model_folders(pipeline.SHIPPED_MODEL) if shipped else given
   try:
-    return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend, **folders)
+    on_host = {"auto": None, "host": True, "device": False}[FLAGS.text_encoder_weights]
+    return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend,
+                                     text_weights_on_host=on_host, **folders)
   except (ValueError, FileNotFoundError, OSError) as e:
     if shipped:   # not the user's input: the installation lacks it
       raise cli.RunFailed(f"the shipped model {pipeline.SHIPPED_MODEL} is missing or incomplete (a checkout "

@@ -12,11 +12,17 @@ softmax are float32 whatever the compute dtype.
 
 Output rows at padding positions are zeroed, as Self-Forcing does (Wan truncates to the real length
 and the DiT re-pads with zeros, which is the same thing).
+
+`TextEncoder(..., weights_on_host=True)` keeps the parameters in host memory between prompts and runs
+the encoder a layer at a time, each layer's weights copied to the device just before it runs and freed
+after: umT5-XXL's 11 GB never sit in GPU memory, at most two of its 24 layers (0.8 GB) do, and only
+while a prompt is encoded. The embeddings (the DiT's context) are made and kept on the device.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -234,33 +240,131 @@ def param_shapes(config: UMT5Config, param_dtype=jnp.bfloat16) -> Any:
 
 
 
+def weights_on_host_by_default() -> bool:
+  """The rule `sample` and the pipeline follow: on every accelerator (GPU, TPU) the encoder's weights live
+  on the host between prompts, to free its memory for the DiT; on the CPU host and device are the same
+  memory, so they stay where they are."""
+  return jax.default_backend() != "cpu"
+
+
+def host_memory_kind(device) -> str | None:
+  """'pinned_host' where the device's client offers it (CUDA; JAX's CPU client too): page-locked memory,
+  from which copies to the device run asynchronously at full PCIe speed. None: plain NumPy arrays."""
+  try:
+    kinds = {memory.kind for memory in device.addressable_memories()}
+  except NotImplementedError:   # a client without memory spaces
+    return None
+  return "pinned_host" if "pinned_host" in kinds else None
+
+
+def host_cpu_device():
+  """The CPU client's device, where checkpoints meant for the host are read (so that they never pass
+  through the accelerator's memory); None where JAX was started without it (JAX_PLATFORMS=cuda)."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    return None
+
+
+class HostResidentEncoder:
+  """umT5 with its parameters in host memory, run a layer at a time: ids, mask -> [B, L, dim] on `device`.
+
+  The token embedding (2.1 GB for umT5-XXL) stays a NumPy table: only the prompt's rows are gathered on
+  the host and sent. Each scanned layer is its own host tree (pinned where the client has pinned memory),
+  copied to the device while the layer before it runs and deleted once it has run, so at most two
+  layers' weights are on the device at a time and none once a prompt is encoded. The layer and the final
+  norm are UMT5Encoder's own modules, so the result equals the one-call encoder's bit for bit (the tests
+  check it).
+  """
+
+  def __init__(self, config: UMT5Config, params, *, dtype=jnp.bfloat16, device=None):
+    self.config = config
+    self.device = device if device is not None else jax.devices()[0]
+    self.memory_kind = host_memory_kind(self.device)
+    self._on_device = jax.sharding.SingleDeviceSharding(self.device, memory_kind=self.device.default_memory().kind)
+    to_host = (np.asarray if self.memory_kind is None else functools.partial(
+        jax.device_put, device=self._on_device.with_memory_kind(self.memory_kind)))
+    host = jax.tree.map(np.asarray, params)
+    self.embedding = host["token_embedding"]["weight"]
+    self.layers = [jax.tree.map(lambda a, i=i: to_host(a[i]), host["blocks"]) for i in range(config.num_layers)]
+    self.norm = jax.tree.map(to_host, host["norm"])
+    block = UMT5Block(config, dtype, dtype)
+    final_norm = RMSNorm(config.eps, dtype)
+
+    def layer(layer_params, x, mask_bias):
+      buckets = relative_position_buckets(x.shape[1], config.num_buckets, config.max_distance)
+      return block.apply({"params": layer_params}, x, dict(buckets=buckets, mask_bias=mask_bias))[0]
+
+    def finish(norm_params, x, keep):
+      x = final_norm.apply({"params": norm_params}, x)
+      return jnp.where(keep[..., None], x, jnp.zeros((), x.dtype))
+
+    self._layer, self._finish = jax.jit(layer), jax.jit(finish)
+
+  def host_arrays(self) -> list:
+    """Every parameter array the encoder holds (all in host memory)."""
+    return [self.embedding] + jax.tree.leaves((self.layers, self.norm))
+
+  def __call__(self, ids: np.ndarray, mask: np.ndarray) -> jnp.ndarray:
+    keep = mask > 0
+    # UMT5Encoder's first steps, on the host: the same gather and the same exact casts.
+    x = jax.device_put(self.embedding[ids].astype(np.float32), self._on_device)
+    mask_bias = np.where(keep, np.float32(0), np.finfo(np.float32).min)[:, None, None, :]
+    mask_bias = jax.device_put(mask_bias, self._on_device)
+    upcoming = jax.device_put(self.layers[0], self._on_device)
+    for index in range(self.config.num_layers):
+      current = upcoming
+      if index + 1 < self.config.num_layers:   # its copy overlaps this layer's compute
+        upcoming = jax.device_put(self.layers[index + 1], self._on_device)
+      x = self._layer(current, x, mask_bias)
+      # Wait for the layer before freeing its weights and queueing the next copy: without the wait every
+      # copy would be queued at once and all 24 layers would be on the device together.
+      x.block_until_ready()
+      for array in jax.tree.leaves(current):
+        array.delete()
+    return self._finish(jax.device_put(self.norm, self._on_device), x, jax.device_put(keep, self._on_device))
+
+
 class TextEncoder:
   """Host-side text encoding: prompts -> tokenizer -> jitted encoder -> [B, text_len, dim].
 
   tokenizer: a transformers tokenizer, or a folder path (local files only; see tokenizer.py).
+  weights_on_host: keep the parameters in host memory and bring them to the device a layer at a time
+  only to encode (HostResidentEncoder); `params` is then None and `host_resident` holds them.
   """
 
-  def __init__(self, config: UMT5Config, params, tokenizer=None, *, dtype=jnp.bfloat16, text_len: int = TEXT_LEN):
-    self.config, self.params, self.text_len = config, params, text_len
+  def __init__(self, config: UMT5Config, params, tokenizer=None, *, dtype=jnp.bfloat16, text_len: int = TEXT_LEN,
+               weights_on_host: bool = False):
+    self.config, self.text_len = config, text_len
     if isinstance(tokenizer, str):
       from hybrid_forcing_jax.tokenizer import load_tokenizer
       tokenizer = load_tokenizer(tokenizer)
     self.tokenizer = tokenizer
-    model = UMT5Encoder(config, dtype=dtype, param_dtype=dtype)
-    self._apply = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask))
+    if weights_on_host:
+      self.params, self.host_resident = None, HostResidentEncoder(config, params, dtype=dtype)
+      self._run = self.host_resident
+    else:
+      self.params, self.host_resident = params, None
+      model = UMT5Encoder(config, dtype=dtype, param_dtype=dtype)
+      apply = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask))
+      self._run = lambda ids, mask: apply(self.params, jnp.asarray(ids), jnp.asarray(mask))
 
   @classmethod
-  def from_checkpoint(cls, folder: str, tokenizer=None, *, dtype=jnp.bfloat16, **kwargs) -> "TextEncoder":
+  def from_checkpoint(cls, folder: str, tokenizer=None, *, dtype=jnp.bfloat16, weights_on_host: bool = False,
+                      **kwargs) -> "TextEncoder":
     from hybrid_forcing_jax.checkpoint import load_checkpoint
-    config, params = load_checkpoint(folder, "umt5", dtype=dtype)
-    return cls(config, params, tokenizer, dtype=dtype, **kwargs)
+    # Weights meant for the host are read on the CPU client: umT5-XXL's 11 GB would otherwise pass
+    # through the GPU while loading and set its peak memory.
+    with jax.default_device(host_cpu_device() if weights_on_host else None):
+      config, params = load_checkpoint(folder, "umt5", dtype=dtype)
+    return cls(config, params, tokenizer, dtype=dtype, weights_on_host=weights_on_host, **kwargs)
 
   def encode_ids(self, ids, mask) -> jnp.ndarray:
     ids, mask = np.asarray(ids), np.asarray(mask)
     if ids.ndim != 2 or mask.shape != ids.shape:
       raise ValueError(f"TextEncoder: ids and mask must both be [B, L], got {ids.shape} and {mask.shape}")
     check_token_ids(ids, self.config.vocab_size)
-    return self._apply(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+    return self._run(ids.astype(np.int32), mask.astype(np.int32))
 
   def encode(self, prompts: str | Sequence[str]) -> jnp.ndarray:
     if self.tokenizer is None:
