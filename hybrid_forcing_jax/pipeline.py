@@ -20,7 +20,7 @@ from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.latent_codec import load_latent_codec
 from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
-from hybrid_forcing_jax.text_encoder import TEXT_LEN, PromptEmbeddingCache, TextEncoder, weights_on_host_by_default
+from hybrid_forcing_jax.text_encoder import TEXT_LEN, PromptEmbeddingCache, TextEncoder
 from hybrid_forcing_jax.tokenizer import load_tokenizer
 from hybrid_forcing_jax.vae import WanVAE
 from hybrid_forcing_jax.world import text as world_text
@@ -114,15 +114,13 @@ def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: 
   world student (9.1M parameters, 64x64, hybrid stream) as fast in it as in float32 (2-core CPU: 1.68 s a
   chunk either way, also with XLA held to AVX2, i.e. without the CPU's bf16 instructions).
   text_weights_on_host: the text encoder's weights in host memory between prompts (text_encoder.py's
-  HostResidentEncoder); None: text_encoder.weights_on_host_by_default() (on GPUs and TPUs)."""
+  HostResidentEncoder); None: text_encoder.weights_on_host_by_default (a big encoder on a GPU or TPU)."""
   dit_config, dit_params = load_checkpoint(dit, "wan_dit")
   codec, codec_params = load_latent_codec(vae)
   words = load_tokenizer(tokenizer)
   # Prompts are padded to the length the DiT was trained with (padding rows reach its cross-attention):
   # Wan's 512, the world's 32.
   text_len = world_text.TEXT_LEN if isinstance(words, WordTokenizer) else TEXT_LEN
-  if text_weights_on_host is None:
-    text_weights_on_host = weights_on_host_by_default()
   encoder = TextEncoder.from_checkpoint(text_encoder, words, text_len=text_len, weights_on_host=text_weights_on_host)
   if encoder.config.dim != dit_config.text_dim:
     raise ValueError(f"text encoder {text_encoder!r} has dim {encoder.config.dim}, the DiT expects "

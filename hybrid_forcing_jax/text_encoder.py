@@ -240,11 +240,18 @@ def param_shapes(config: UMT5Config, param_dtype=jnp.bfloat16) -> Any:
 
 
 
-def weights_on_host_by_default() -> bool:
-  """The rule `sample` and the pipeline follow: on every accelerator (GPU, TPU) the encoder's weights live
-  on the host between prompts, to free its memory for the DiT; on the CPU host and device are the same
-  memory, so they stay where they are."""
-  return jax.default_backend() != "cpu"
+HOST_WEIGHTS_MIN_BYTES = 2**30
+
+
+def weights_on_host_by_default(config: UMT5Config) -> bool:
+  """The rule `sample` and the pipeline follow: on an accelerator (GPU, TPU), an encoder of 1 GiB or more
+  (umT5-XXL: 11 GB in bf16) keeps its weights on the host between prompts, to free that memory for the
+  DiT at the cost of copying them over for each new prompt; a small one (the world's) stays on the
+  device. On the CPU host and device are the same memory: nothing to gain."""
+  if jax.default_backend() == "cpu":
+    return False
+  size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(param_shapes(config)))
+  return size >= HOST_WEIGHTS_MIN_BYTES
 
 
 def host_memory_kind(device) -> str | None:
@@ -350,9 +357,12 @@ class TextEncoder:
       self._run = lambda ids, mask: apply(self.params, jnp.asarray(ids), jnp.asarray(mask))
 
   @classmethod
-  def from_checkpoint(cls, folder: str, tokenizer=None, *, dtype=jnp.bfloat16, weights_on_host: bool = False,
+  def from_checkpoint(cls, folder: str, tokenizer=None, *, dtype=jnp.bfloat16, weights_on_host: bool | None = False,
                       **kwargs) -> "TextEncoder":
-    from hybrid_forcing_jax.checkpoint import load_checkpoint
+    """weights_on_host None: weights_on_host_by_default for the checkpoint's config."""
+    from hybrid_forcing_jax.checkpoint import load_checkpoint, read_meta
+    if weights_on_host is None:
+      weights_on_host = weights_on_host_by_default(UMT5Config.from_dict(read_meta(folder)["config"]))
     # Weights meant for the host are read on the CPU client: umT5-XXL's 11 GB would otherwise pass
     # through the GPU while loading and set its peak memory.
     with jax.default_device(host_cpu_device() if weights_on_host else None):

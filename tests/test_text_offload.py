@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hybrid_forcing_jax import text_encoder
-from hybrid_forcing_jax.text_encoder import TextEncoder, init_params, tiny_umt5_config
+from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder, init_params, tiny_umt5_config
 from tests.test_sample import hybrid_stream, tiny_wan_model  # noqa: F401  (the fixture, reused)
 
 CONFIG = tiny_umt5_config()   # 3 layers; per layer q, k, v [24, 32]
@@ -74,6 +74,13 @@ def test_no_parameter_on_the_device_after_encoding(host_kind):
   # After: of all the device arrays made, only the context is left.
   new = [a for a in device_arrays() if not any(a is b for b in before)]
   assert len(new) == 1 and new[0] is context
+
+
+def test_default_rule_big_encoders_on_an_accelerator(monkeypatch):
+  assert not text_encoder.weights_on_host_by_default(UMT5_XXL)   # this CPU: one memory
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert text_encoder.weights_on_host_by_default(UMT5_XXL)        # 11 GB in bf16
+  assert not text_encoder.weights_on_host_by_default(CONFIG)      # a few kB: no copy per prompt
 
 
 def test_prompt_switch_mid_stream_with_the_weights_on_the_host(tiny_wan_model):  # noqa: F811
