@@ -7,7 +7,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = """
-import benchmarks.bench_end_to_end, benchmarks.bench_streaming, convert.__main__, kernels.block_sparse
+import benchmarks.bench_dmd_breakdown, benchmarks.bench_end_to_end, benchmarks.bench_streaming, convert.__main__
+import kernels.block_sparse
 import hybrid_forcing_jax.pipeline, hybrid_forcing_jax.sample
 from jax._src import xla_bridge
 print(sorted(xla_bridge._backends))

@@ -17,16 +17,16 @@ from hybrid_forcing_jax.training.losses.generator import generator_rollout
 from hybrid_forcing_jax.training.losses.scores import conditional_x0_fn
 
 
-def critic_loss(critic_params, frozen, batch, rng, *, setup: DmdSetup):
+def critic_loss(critic_params, frozen, batch, rng, *, setup: DmdSetup, exit_step=None):
   """-> (loss float32 scalar, metrics). critic_params: the critic in compute dtypes (differentiated);
   frozen: {"generator"[, "vae"]} (the rest of dmd_setup.py's frozen inputs may ride along); batch:
-  "context" [B, Lt, text_dim]; rng: the step's key, the same on every device. Metrics: critic_t,
-  critic_exit_step, critic_rollout_chunks."""
+  "context" [B, Lt, text_dim]; rng: the step's key, the same on every device; exit_step: as
+  generator_rollout's. Metrics: critic_t, critic_exit_step, critic_rollout_chunks."""
   plan_key, noise_key, t_key = jax.random.split(rng, 3)
   context = batch["context"]
   noise_keys = jax.random.split(noise_key, context.shape[0])
   rollout = generator_rollout(setup, jax.lax.stop_gradient(frozen["generator"]), frozen, context, plan_key, noise_keys,
-                              grad=False)
+                              grad=False, exit_step=exit_step)
   fake = conditional_x0_fn(setup.critic, critic_params, context)
   loss, metrics = critic_flow_loss(rollout.video, fake, t_key, shift=setup.shift, t_min=setup.t_min,
                                    t_max=setup.t_max)

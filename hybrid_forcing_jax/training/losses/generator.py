@@ -23,7 +23,7 @@ from hybrid_forcing_jax.training.losses.scores import teacher_rollout_fn
 from hybrid_forcing_jax.training.rollout import Rollout, draw_rollout_plan, self_forcing_rollout
 
 
-def generator_loss(gen_params, frozen, batch, rng, *, setup: DmdSetup):
+def generator_loss(gen_params, frozen, batch, rng, *, setup: DmdSetup, exit_step=None):
   """-> (loss float32 scalar, metrics).
 
   gen_params: the generator in compute dtypes (differentiated); frozen: {"teacher", "critic",
@@ -31,8 +31,8 @@ def generator_loss(gen_params, frozen, batch, rng, *, setup: DmdSetup):
   key data [B, 2]; optional, else drawn from rng): each example's noise key (rollout.window_noise), which
   make_teacher_rollouts drew the target from; "teacher_latents" [B, loss_frames, h, w, C] (regulariser
   source "records": both are required); rng: the step's key, the same on every device (it draws the
-  rollout plan). Metrics: dmd_loss, regulariser_loss (weighted), regulariser_mse, regulariser_active,
-  exit_step, rollout_chunks and DMD's own.
+  rollout plan); exit_step: as generator_rollout's. Metrics: dmd_loss, regulariser_loss (weighted),
+  regulariser_mse, regulariser_active, exit_step, rollout_chunks and DMD's own.
   """
   plan_key, noise_key, dmd_key = jax.random.split(rng, 3)
   records = setup.regulariser_weight > 0 and setup.regulariser_source == "records"
@@ -42,7 +42,8 @@ def generator_loss(gen_params, frozen, batch, rng, *, setup: DmdSetup):
     noise_keys = jax.random.wrap_key_data(batch["noise_key"])
   else:
     noise_keys = jax.random.split(noise_key, batch["context"].shape[0])
-  rollout = generator_rollout(setup, gen_params, frozen, batch["context"], plan_key, noise_keys, grad=True)
+  rollout = generator_rollout(setup, gen_params, frozen, batch["context"], plan_key, noise_keys, grad=True,
+                              exit_step=exit_step)
   models = {"teacher": setup.teacher, "critic": setup.critic}
   scores = {"teacher": frozen["teacher"], "critic": frozen["critic"]}
   dmd, metrics = dmd_generator_loss(
@@ -64,11 +65,15 @@ def generator_loss(gen_params, frozen, batch, rng, *, setup: DmdSetup):
   return dmd + reg, {**metrics, **reg_metrics, "regulariser_loss": reg}
 
 
-def generator_rollout(setup: DmdSetup, gen_params, frozen, context, plan_key, noise_keys, *, grad: bool) -> Rollout:
+def generator_rollout(setup: DmdSetup, gen_params, frozen, context, plan_key, noise_keys, *, grad: bool,
+                      exit_step=None) -> Rollout:
   """The generator's rollout for prompts `context` [B, Lt, text_dim]: its length and exit step drawn from
-  plan_key, the prompts' K/V from the generator's own parameters (a constant in the stream)."""
-  num_chunks, exit_step = draw_rollout_plan(plan_key, min_chunks=setup.min_chunks, max_chunks=setup.max_chunks,
-                                            num_steps=len(setup.stream.denoising_steps))
+  plan_key, the prompts' K/V from the generator's own parameters (a constant in the stream).
+  exit_step: None (the trainer: drawn) or an int / traced int32 that replaces the draw, so that
+  benchmarks/bench_dmd_breakdown.py can time each exit step in one compiled program."""
+  num_chunks, drawn_exit_step = draw_rollout_plan(plan_key, min_chunks=setup.min_chunks, max_chunks=setup.max_chunks,
+                                                  num_steps=len(setup.stream.denoising_steps))
+  exit_step = drawn_exit_step if exit_step is None else exit_step
   vae = None if setup.vae is None else (setup.vae, frozen["vae"])
   kv = text_kv(setup.generator, jax.lax.stop_gradient(gen_params), context)
   return self_forcing_rollout(setup.generator, gen_params, setup.stream, kv, noise_keys, num_chunks=num_chunks,
