@@ -4,9 +4,15 @@ on the host, through `StreamingPipeline.frames`, the code path of `python -m hyb
 Wan2.1 VAE, 832x480, random bf16 weights made on the device, batch 1.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end [--setting=both|hybrid|self_forcing]
-      [--chunks=20] [--sparse_backend=auto] [--mp4=/tmp/bench.mp4] [--tiny]
+      [--text_encoder_weights=host|device|both] [--chunks=20] [--sparse_backend=auto] [--mp4=/tmp/bench.mp4] [--tiny]
 
-Each setting runs in its own process (clean peak-memory counter) and prints one JSON line:
+`--text_encoder_weights`: where umT5's weights stay between prompts: host (sample's default on a GPU;
+copied to the device a layer at a time for each new prompt, text_encoder.HostResidentEncoder) or device.
+Peak GPU memory with each, over a 60-chunk stream, in one call (issue 14):
+
+  PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end --setting=hybrid --text_encoder_weights=both --chunks=60
+
+Each setting and weights' place runs in its own process (clean peak-memory counter) and prints one JSON line:
   compile_s        the warm-up stream (every executable compiled; one serves the whole video)
   first_frame_s    a new prompt given -> its first frames on the host: prompt encoding, cross-attention
                    K/V, 4 denoising forwards and the VAE decode of the first chunk (after compilation)
@@ -16,7 +22,9 @@ Each setting runs in its own process (clean peak-memory counter) and prints one 
   first_frame_parts_ms  the first frame's path one synced step at a time
   fps_with_mp4     with `--mp4=PATH`: the same stream also encoded into an MP4 (ffmpeg, libx264), the
                    last chunk counted when the file is complete, as the sample command does
-  peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included)
+  peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included when on the device)
+  peak_gib_after_chunks  the peak after the warm-up stream and after the timed one, by their chunk
+                   counts: equal when the stream's memory stays flat
 `--tiny` runs the world model shipped in the package (64x64) instead, to try the script on a CPU.
 """
 from __future__ import annotations
@@ -49,14 +57,29 @@ from hybrid_forcing_jax.vae import init_params as init_vae_params
 from hybrid_forcing_jax.world.scene import WorldConfig
 
 
-def full_size_pipeline(cfg) -> StreamingPipeline:
+def host_t5_params(config, key):
+  """Random umT5 weights as NumPy arrays, made on the device one layer at a time: all of umT5-XXL at
+  once would put its 11 GB on the device and set the peak that the host-resident encoder avoids."""
+  init = functools.partial(init_t5_params, param_dtype=jnp.bfloat16)
+  one_layer = dataclasses.replace(config, num_layers=1)
+  rest = jax.device_get(jax.jit(lambda k: {n: p for n, p in init(one_layer, k).items() if n != "blocks"})(key))
+  layer = jax.jit(lambda k: init(one_layer, k)["blocks"])
+  blocks = [jax.device_get(layer(jax.random.fold_in(key, i))) for i in range(config.num_layers)]
+  return dict(rest, blocks=jax.tree.map(lambda *layers: np.concatenate(layers), *blocks))
+
+
+def full_size_pipeline(cfg, text_weights_on_host: bool) -> StreamingPipeline:
   """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights. Prompts become fixed pseudo-random
   token ids (no tokenizer files here); the encoder runs all 512 positions whatever the prompt."""
   bf16 = jnp.bfloat16
+  if text_weights_on_host:   # before the DiT: the layer-by-layer making's transient memory comes first
+    t5_params = host_t5_params(UMT5_XXL, jax.random.key(1))
+  else:
+    t5_params = jax.jit(functools.partial(init_t5_params, UMT5_XXL, param_dtype=bf16))(jax.random.key(1))
+  encoder = TextEncoder(UMT5_XXL, t5_params, dtype=bf16, weights_on_host=text_weights_on_host)
+  del t5_params   # the host-resident encoder made its own (pinned) copy: the NumPy one can go
   wan = dataclasses.replace(WAN_1_3B, linear_proj=cfg.linear)
   dit_params = jax.jit(functools.partial(init_dit_params, wan, param_dtype=bf16))(jax.random.key(0))
-  t5_params = jax.jit(functools.partial(init_t5_params, UMT5_XXL, param_dtype=bf16))(jax.random.key(1))
-  encoder = TextEncoder(UMT5_XXL, t5_params, dtype=bf16)
 
   def embed(prompts):
     ids = np.zeros((len(prompts), encoder.text_len), np.int32)
@@ -157,17 +180,28 @@ def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
   return parts
 
 
-def run_setting(name: str, args):
+def peak_gib() -> float:
+  stats = jax.devices()[0].memory_stats() or {}   # None on the CPU
+  return round(stats.get("peak_bytes_in_use", 0) / 2**30, 2)
+
+
+def run_setting(name: str, text_encoder_weights: str, args):
   cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)   # configs/<setting>.py
   if cfg.sparse_ratio is not None:
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
-  pipe = from_checkpoints(cfg, **model_folders(SHIPPED_MODEL)) if args.tiny else full_size_pipeline(cfg)
+  on_host = text_encoder_weights == "host"
+  if args.tiny:
+    pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
+  else:
+    pipe = full_size_pipeline(cfg, on_host)
   hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)   # the shipped model: the world's
   warm = cfg.cache_slots // cfg.chunk_frames + 2   # chunks until the window is full
   t0 = time.perf_counter()
   stream_stamps(pipe, "compile everything", warm + 1, hw)
   compile_s = time.perf_counter() - t0
+  peaks = {warm + 1: peak_gib()}
   stamps = stream_stamps(pipe, "a red fox running through fresh snow", warm + args.chunks, hw)
+  peaks[warm + args.chunks] = peak_gib()
   steady = stamps[warm:]
   gaps = [(b[0] - a[0]) * 1e3 for a, b in zip(steady, steady[1:])]
   mp4_fps = None
@@ -175,34 +209,40 @@ def run_setting(name: str, args):
     mp4_fps = round(steady_fps(stream_stamps(pipe, "a fox, to a file", warm + args.chunks, hw, args.mp4), warm), 2)
   dit_ms, vae_ms, finite = parts_ms(pipe, hw, warm)
   first_parts = first_frame_parts_ms(pipe, hw)
-  stats = jax.devices()[0].memory_stats() or {}
   print(json.dumps(dict(
-      setting=name, device=str(jax.devices()[0].device_kind), tiny=args.tiny, size=f"{hw[1]}x{hw[0]}",
+      setting=name, text_encoder_weights=text_encoder_weights, device=str(jax.devices()[0].device_kind),
+      tiny=args.tiny, size=f"{hw[1]}x{hw[0]}",
       sparse_backend=cfg.sparse_backend if cfg.sparse_ratio else None, compile_s=round(compile_s, 1),
       first_frame_s=round(stamps[0][0], 3), first_frames=stamps[0][1], first_frame_parts_ms=first_parts, steady_chunks=len(gaps),
       chunk_ms_median=round(statistics.median(gaps), 1), chunk_ms_min=round(min(gaps), 1),
       chunk_ms_max=round(max(gaps), 1), fps=round(steady_fps(stamps, warm), 2), fps_with_mp4=mp4_fps,
       dit_ms=round(dit_ms, 1), vae_ms=round(vae_ms, 1),
-      peak_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2), finite=finite)), flush=True)
+      peak_gib=peak_gib(), peak_gib_after_chunks=peaks, finite=finite)), flush=True)
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--setting", default="both", choices=("both", "hybrid", "self_forcing"))
+  parser.add_argument("--text_encoder_weights", default="host", choices=("host", "device", "both"),
+                      help="where umT5's weights stay between prompts (host: sample's default on a GPU)")
   parser.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed")
   parser.add_argument("--sparse_backend", default="auto")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   args = parser.parse_args()
-  if args.setting == "both":
-    for name in ("hybrid", "self_forcing"):
-      cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}", f"--chunks={args.chunks}",
+  settings = ("hybrid", "self_forcing") if args.setting == "both" else (args.setting,)
+  places = ("host", "device") if args.text_encoder_weights == "both" else (args.text_encoder_weights,)
+  if len(settings) * len(places) == 1:
+    run_setting(settings[0], places[0], args)
+    return
+  for name in settings:
+    for place in places:
+      cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}",
+             f"--text_encoder_weights={place}", f"--chunks={args.chunks}",
              f"--sparse_backend={args.sparse_backend}"] + (["--tiny"] if args.tiny else [])
       if args.mp4:
         cmd.append(f"--mp4={args.mp4}")
       subprocess.run(cmd, check=False)
-    return
-  run_setting(args.setting, args)
 
 
 if __name__ == "__main__":
