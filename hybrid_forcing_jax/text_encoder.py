@@ -259,7 +259,7 @@ def host_memory_kind(device) -> str | None:
   from which copies to the device run asynchronously at full PCIe speed. None: plain NumPy arrays."""
   try:
     kinds = {memory.kind for memory in device.addressable_memories()}
-  except NotImplementedError:   # a client without memory spaces
+  except (NotImplementedError, jax.errors.JaxRuntimeError):   # a client without memory spaces
     return None
   return "pinned_host" if "pinned_host" in kinds else None
 
