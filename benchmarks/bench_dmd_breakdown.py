@@ -2,10 +2,12 @@
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_dmd_breakdown --phase=2 --repeats=3
 
-Expected runtime on one H100: about 6-7 minutes (model set-up under a minute, about 3-4 minutes of compiling
-(the two value_and_grad programs are the longest), about 2-3 minutes of timed calls); `--exit_steps=0,3` or
-`--repeats=2` shorten it. On the CPU, `--preset=tiny --latent_hw=8,8 --text_len=16 --remat=none` runs it in
-about a minute.
+Expected runtime on one H100 (an estimate from bench_dmd_step's times, not yet run): 6-8 minutes, under the
+10-minute limit of one call: set-up under a minute, 3-4 minutes compiling nine programs (the two value_and_grad
+ones take longest, 45-85 s each), 2-3 minutes of timed calls; `--exit_steps=0,3` saves about 1.5 minutes.
+Each part prints its median as it finishes, so a cut-off run still shows the parts done. On the CPU,
+`--preset=tiny --latent_hw=8,8 --text_len=16 --remat=none` runs it in 1.5-2.5 minutes on 2 cores, nearly all of
+it compiling (its times are noise at that size: it shows that the script runs and what it prints).
 
 The setting of benchmarks/dmd_full_size.py (the trainer's full-size DMD stage on random weights: 1.3B
 generator, critic and teacher stand-in, 21-frame rollouts at 60x104, batch 1; phase 2 by default). Each part
@@ -20,7 +22,8 @@ call through the losses' `exit_step`:
     loss forward     losses/generator.generator_loss: rollout + the teacher's CFG x0 + the critic's x0 + the
                      DMD loss (+ the regulariser in phase 2), no gradient;
     value_and_grad   jax.value_and_grad of it with respect to the masters, as training/steps.py's update;
-    backward         value_and_grad - loss forward;
+    backward         value_and_grad - loss forward (remat's recomputation of the window's exit forwards
+                     included);
   teacher CFG x0     losses/scores.teacher_x0_fn on a 21-frame latent (conditional and negative-prompt
                      passes batched into one forward of batch 2, and the two prompts' text K/V);
   critic x0          losses/scores.conditional_x0_fn on the critic's compute copy (DMD's fake score);
@@ -32,7 +35,8 @@ call through the losses' `exit_step`:
     update = value_and_grad + optimiser.
 
 Rows without an exit step give their share as a range over the timed exit steps. benchmarks/bench_dmd_step.py
-times the fused updates (the trainer's jitted steps); the sum here should come within a few percent of them.
+times the fused updates (the trainer's jitted steps, which also cast the other network to its compute copy);
+the difference from the update rows here is what fusing the parts into one program saves or costs.
 """
 from __future__ import annotations
 
@@ -43,9 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 
 from benchmarks import dmd_full_size
+from hybrid_forcing_jax import cli
 from hybrid_forcing_jax.training import optim
 from hybrid_forcing_jax.training.losses.critic_step import critic_loss
 from hybrid_forcing_jax.training.losses.generator import generator_loss, generator_rollout
@@ -90,8 +95,8 @@ def _exit_steps(num_steps: int) -> list[int]:
   except ValueError:
     steps = [-1]
   if not steps or not all(0 <= e < num_steps for e in steps):
-    raise app.UsageError(f"--exit_steps: each must be an integer in [0, {num_steps}) (the stream's schedule), "
-                         f"got {','.join(FLAGS.exit_steps)!r}", exitcode=2)
+    raise cli.BadInput(f"--exit_steps: each must be an integer in [0, {num_steps}) (the stream's schedule), "
+                       f"got {','.join(FLAGS.exit_steps)!r}")
   return steps
 
 
@@ -181,6 +186,8 @@ def _print_rows(name: str, rows, update) -> None:
 
 def main(argv):
   del argv
+  if FLAGS.repeats < 1:
+    raise cli.BadInput(f"--repeats must be >= 1, got {FLAGS.repeats}")
   exit_steps = _exit_steps(len(dmd_full_size.stream_config().denoising_steps))
   bench = dmd_full_size.build()
   setup, state, batch = bench.setup, bench.state, bench.batch
@@ -217,4 +224,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "bench_dmd_breakdown")
