@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -62,9 +63,29 @@ def _unknown_override(error: BaseException, argv: Sequence[str]) -> str | None:
           + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
 
 
+_interrupt_requested = False
+
+
+def _on_sigint(signum, frame):
+  """Ctrl-C: remember it, then raise KeyboardInterrupt as Python's own handler does. The exception is lost
+  when it lands in a garbage-collector callback or a __del__ (seen: in JAX's _xla_gc_callback while the
+  model loaded, and `sample` then wrote the whole video and exited 0), so long loops also call
+  `check_interrupted()` at safe points and `run` exits with EXIT_INTERRUPTED whenever it was pressed."""
+  global _interrupt_requested
+  _interrupt_requested = True
+  raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+  """Raise KeyboardInterrupt if Ctrl-C was pressed, even if its first KeyboardInterrupt was swallowed."""
+  if _interrupt_requested:
+    raise KeyboardInterrupt
+
+
 def run(main: Callable[[Sequence[str]], int | None], command: str) -> None:
   """absl's app.run with this project's exit statuses. `main(argv)` returns the exit status (None = 0)."""
   _quiet_backend_probe()
+  signal.signal(signal.SIGINT, _on_sigint)
   try:
     app.run(lambda argv: _interrupted_exits_now(_no_extra_arguments(argv) or main(argv)),
             flags_parser=_parse_flags(command))
@@ -81,7 +102,7 @@ def _interrupted_exits_now(status):
   """Leave at once with EXIT_INTERRUPTED, skipping the interpreter's teardown: Ctrl-C can land while JAX's
   runtime threads start, and a normal teardown then sometimes crashes in them (SIGSEGV seen under load).
   Everything worth keeping is closed by then (the MP4 writer, the trainer's checkpoint manager)."""
-  if status == EXIT_INTERRUPTED:
+  if status == EXIT_INTERRUPTED or _interrupt_requested:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED)

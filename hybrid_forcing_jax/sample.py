@@ -201,6 +201,7 @@ def generate(pipe, path: str, schedule, total_frames: float, width: int, height:
   try:
     for index, frames in pipe.frames(chunk_schedule, height=height, width=width, seed=seed, recache=recache,
                                      num_chunks=chunks):
+      cli.check_interrupted()
       if index in switches:
         tqdm.write(f"prompt switch at {pipe.chunk_start_frame(index) / FPS:.2f} s of video: {switches[index]!r}",
                    file=sys.stderr)
@@ -284,6 +285,7 @@ def main(argv) -> int:
   try:
     use_compilation_cache(FLAGS.compilation_cache_dir)
     pipe = build_pipeline(stream)
+    cli.check_interrupted()
     if shipped:
       from hybrid_forcing_jax.pipeline import SHIPPED_MODEL
       print(f"no checkpoints given (--dit/--vae/--text_encoder/--tokenizer): streaming the world model shipped in "

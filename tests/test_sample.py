@@ -180,6 +180,26 @@ def test_interrupt_before_the_first_frame_writes_no_file(tmp_path):
   assert sample.summary_line(summary, 64, 64) == f"interrupted before the first frame of {out}: no file written"
 
 
+class _SwallowedInterruptPipe(_InterruptedPipe):
+  """Ctrl-C arrived while the model loaded, and its KeyboardInterrupt was lost in a garbage-collector
+  callback (seen under load: JAX's _xla_gc_callback): the chunks come as if nothing happened."""
+
+  def frames(self, *args, **kwargs):
+    yield 0, np.zeros((9, 64, 64, 3), np.uint8)
+
+
+def test_a_swallowed_interrupt_still_stops_before_the_first_frame(tmp_path, monkeypatch):
+  from hybrid_forcing_jax import cli, sample
+  monkeypatch.setattr(cli, "_interrupt_requested", False)
+  try:
+    cli._on_sigint(signal.SIGINT, None)
+  except KeyboardInterrupt:
+    pass   # swallowed, as in a gc callback
+  out = tmp_path / "fox.mp4"
+  summary = sample.generate(_SwallowedInterruptPipe(), str(out), [(0.0, "a fox")], 30, 64, 64)
+  assert summary["interrupted"] and summary["frames"] == 0 and not out.exists()
+
+
 def test_ctrl_c_in_the_first_seconds_exits_130_without_traceback(tmp_path):
   """Ctrl-C while JAX starts and the model is built (before the first frame: no file, one line)."""
   out = tmp_path / "fox.mp4"
