@@ -134,3 +134,32 @@ def test_generator_loss_trains_the_generator_only_and_records_equal_online():
   for name, tree in g_critic_frozen.items():
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(tree)), name
   assert float(jnp.max(jnp.abs(g_critic["head"]["head"]["weight"]))) > 0
+
+
+def test_a_given_exit_step_replaces_the_drawn_one():
+  """generator_loss / critic_loss(exit_step=k), as bench_dmd_breakdown times each exit step in one program: the
+  rollout exits at k whatever the key draws (the regulariser follows: active only at 0), and k equal to the drawn
+  step gives the trainer's numbers exactly."""
+  setup, gen_params, frozen = _setup()
+  ctx = context(setup.generator, seed=27, batch=2)
+  batch = {"context": ctx, "noise_key": jax.random.key_data(jax.random.split(jax.random.key(28), 2))}
+  rng = _rng_with_plan(setup, num_chunks=2, exit_step=0)
+  critic_frozen = {"generator": gen_params, "vae": frozen["vae"]}
+
+  @jax.jit
+  def run(exit_step):
+    generator = generator_loss(gen_params, frozen, batch, rng, setup=setup, exit_step=exit_step)
+    critic = critic_loss(frozen["critic"], critic_frozen, {"context": ctx}, rng, setup=setup, exit_step=exit_step)
+    return generator, critic
+
+  drawn_generator, drawn_critic = jax.jit(lambda: (generator_loss(gen_params, frozen, batch, rng, setup=setup),
+                                                   critic_loss(frozen["critic"], critic_frozen, {"context": ctx}, rng,
+                                                               setup=setup)))()
+  for k in (0, 2):
+    (g_loss, g_metrics), (c_loss, c_metrics) = run(jnp.int32(k))
+    assert float(g_metrics["exit_step"]) == k and float(c_metrics["critic_exit_step"]) == k
+    assert float(g_metrics["regulariser_active"]) == (1.0 if k == 0 else 0.0)
+    if k == 0:
+      assert float(g_loss) == float(drawn_generator[0]) and float(c_loss) == float(drawn_critic[0])
+    else:
+      assert float(g_loss) != float(drawn_generator[0])
