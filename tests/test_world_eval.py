@@ -160,3 +160,16 @@ def test_bad_input_exits_2_with_one_line(args, needle):
   done = run_evaluate(*args, timeout=120)
   assert done.returncode == 2, done.stderr[-1000:]
   assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_cli_evaluates_the_shipped_model():
+  """The issue's check: the evaluation runs on the shipped student and prints its table (one video a task, 5 s
+  horizon: the CPU budget); the numbers are the model's, so only their range is asserted."""
+  from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, model_folders
+  folders = model_folders(SHIPPED_MODEL)
+  done = run_evaluate("--config=configs/world/hybrid.py", f"--dit={folders['dit']}",
+                      f"--text={os.path.dirname(folders['text_encoder'])}", f"--codec={folders['vae']}",
+                      "--tasks=prompt_following,long_horizon", "--num_videos=1", "--batch_size=1",
+                      "--horizon_seconds=5")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "Prompt following: held-out captions, 1 videos of 81 frames" in done.stdout and "Long horizon" in done.stdout
