@@ -92,9 +92,9 @@ class TeacherGenerator:
                shift: float, guidance_scale: float):
     self.model, self.params, self.codec, self.codec_params, self.embed = model, params, codec, codec_params, embed
     self.negative_prompt = negative_prompt
-    steps = dict(num_steps=num_steps, shift=shift, guidance=guidance_scale)
-    self._sample = jax.jit(functools.partial(euler_trajectory, model, keep=(num_steps,), **steps))
-    self._inpaint = jax.jit(functools.partial(euler_trajectory, model, keep=(num_steps,), **steps))
+    # One jitted sampler: `known` None (plain sampling) and a prefix array trace to their own programs.
+    self._sample = jax.jit(functools.partial(euler_trajectory, model, num_steps=num_steps, shift=shift,
+                                             guidance=guidance_scale, keep=(num_steps,)))
     self._text_kv = jax.jit(functools.partial(guidance.text_kv, model))
 
   def prefix_frames(self, frames: int) -> int:
@@ -110,14 +110,12 @@ class TeacherGenerator:
              self.model.config.in_dim)
     cond = self._text_kv(self.params, self.embed([e["caption"] for e in examples]))
     uncond = self._text_kv(self.params, self.embed([self.negative_prompt]))
-    noise = jax.random.normal(key, shape, jnp.float32)
+    known = None
     if prefix_frames:
       if prefix_frames != self.prefix_frames(prefix_frames) or prefix_frames > num_frames:
         raise ValueError(f"a prefix of {prefix_frames} frames is no whole number of latent frames of the video")
       known = _encode_prefix(self.codec, self.codec_params, videos, prefix_frames).astype(jnp.float32)
-      z = self._inpaint(self.params, noise, cond, uncond, known=known)[:, -1]
-    else:
-      z = self._sample(self.params, noise, cond, uncond)[:, -1]
+    z = self._sample(self.params, jax.random.normal(key, shape, jnp.float32), cond, uncond, known=known)[:, -1]
     frames = self.codec.decode(self.codec_params, z.astype(self.codec.options.dtype))
     return np.asarray(_to_uint8(frames))[:, :num_frames]
 
