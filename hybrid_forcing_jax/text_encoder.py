@@ -209,16 +209,23 @@ class UMT5Encoder(nn.Module):
       check_token_ids(np.asarray(ids), c.vocab_size)
     keep = mask > 0
     x = Embedding(c.vocab_size, c.dim, self.param_dtype, 1.0, name="token_embedding")(ids).astype(jnp.float32)
-    # Masked keys get the most negative float32 (as transformers and Wan do), not -inf: a row of only
-    # padding keys then stays finite instead of turning into NaN.
-    mask_bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
-    shared = dict(buckets=relative_position_buckets(ids.shape[1], c.num_buckets, c.max_distance),
-                  mask_bias=mask_bias)
     blocks = nn.scan(UMT5Block, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=nn.broadcast, length=c.num_layers)(c, self.dtype, self.param_dtype, name="blocks")
-    x, _ = blocks(x, shared)
-    x = RMSNorm(c.eps, self.dtype, name="norm")(x)
-    return jnp.where(keep[..., None], x, jnp.zeros((), x.dtype))
+    x, _ = blocks(x, block_inputs(c, keep))
+    return zero_padding_rows(RMSNorm(c.eps, self.dtype, name="norm")(x), keep)
+
+
+def block_inputs(c: UMT5Config, keep) -> dict:
+  """What every UMT5Block shares: the relative-position buckets and the key mask's bias. Masked keys get
+  the most negative float32 (as transformers and Wan do), not -inf: a row of only padding keys then stays
+  finite instead of turning into NaN."""
+  return dict(buckets=relative_position_buckets(keep.shape[1], c.num_buckets, c.max_distance),
+              mask_bias=jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :])
+
+
+def zero_padding_rows(x, keep):
+  """Output rows at padding positions zeroed (Self-Forcing's convention)."""
+  return jnp.where(keep[..., None], x, jnp.zeros((), x.dtype))
 
 
 def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
@@ -298,13 +305,11 @@ class HostResidentEncoder:
     block = UMT5Block(config, dtype, dtype)
     final_norm = RMSNorm(config.eps, dtype)
 
-    def layer(layer_params, x, mask_bias):
-      buckets = relative_position_buckets(x.shape[1], config.num_buckets, config.max_distance)
-      return block.apply({"params": layer_params}, x, dict(buckets=buckets, mask_bias=mask_bias))[0]
+    def layer(layer_params, x, keep):
+      return block.apply({"params": layer_params}, x, block_inputs(config, keep))[0]
 
     def finish(norm_params, x, keep):
-      x = final_norm.apply({"params": norm_params}, x)
-      return jnp.where(keep[..., None], x, jnp.zeros((), x.dtype))
+      return zero_padding_rows(final_norm.apply({"params": norm_params}, x), keep)
 
     self._layer, self._finish = jax.jit(layer), jax.jit(finish)
 
@@ -313,23 +318,21 @@ class HostResidentEncoder:
     return [self.embedding] + jax.tree.leaves((self.layers, self.norm))
 
   def __call__(self, ids: np.ndarray, mask: np.ndarray) -> jnp.ndarray:
-    keep = mask > 0
-    # UMT5Encoder's first steps, on the host: the same gather and the same exact casts.
+    # UMT5Encoder's embedding on the host: only the prompt's rows are gathered and sent.
     x = jax.device_put(self.embedding[ids].astype(np.float32), self._on_device)
-    mask_bias = np.where(keep, np.float32(0), np.finfo(np.float32).min)[:, None, None, :]
-    mask_bias = jax.device_put(mask_bias, self._on_device)
+    keep = jax.device_put(mask > 0, self._on_device)
     upcoming = jax.device_put(self.layers[0], self._on_device)
     for index in range(self.config.num_layers):
       current = upcoming
       if index + 1 < self.config.num_layers:   # its copy overlaps this layer's compute
         upcoming = jax.device_put(self.layers[index + 1], self._on_device)
-      x = self._layer(current, x, mask_bias)
+      x = self._layer(current, x, keep)
       # Wait for the layer before freeing its weights and queueing the next copy: without the wait every
       # copy would be queued at once and all 24 layers would be on the device together.
       x.block_until_ready()
       for array in jax.tree.leaves(current):
         array.delete()
-    return self._finish(jax.device_put(self.norm, self._on_device), x, jax.device_put(keep, self._on_device))
+    return self._finish(jax.device_put(self.norm, self._on_device), x, keep)
 
 
 class TextEncoder:
