@@ -246,8 +246,8 @@ def main(argv) -> int:
     # Written whole or not at all (world/report.py and scripts/world_ablation.sh read what is there).
     with open(FLAGS.output_json + ".tmp", "w") as f:
       json.dump({"results": results, "dit": FLAGS.dit, "stream": stream.to_dict(), "world": world.to_dict(),
-                 "num_videos": FLAGS.num_videos, "prompt_split": FLAGS.prompt_split, "seed": FLAGS.seed, "teacher": FLAGS.teacher,
-                 "memory_note": note}, f, indent=2)
+                 "num_videos": FLAGS.num_videos, "prompt_split": FLAGS.prompt_split, "seed": FLAGS.seed,
+                 "teacher": FLAGS.teacher, "memory_note": note}, f, indent=2)
     os.replace(FLAGS.output_json + ".tmp", FLAGS.output_json)
   return cli.EXIT_OK
 

@@ -146,6 +146,17 @@ def test_report_gives_mean_and_range_over_seeds_in_row_order(tmp_path):
   assert cell("teacher", "colour") == "1.000"                           # one seed: the mean alone
   assert cell("chance", "colour at return") == "0.167" and cell("chance", "colour") == "-"
   assert "NOTE (window): window too long" in done.stdout and "4 videos per task and seed" in done.stdout
+  assert "(held-out captions)" in done.stdout   # files without prompt_split: the held-out ones
+
+
+def test_report_names_the_prompt_split_and_refuses_to_mix_splits(tmp_path):
+  train = [write(tmp_path, f"t{seed}.json", {**evaluation({"hybrid": (0.5, 0.5)}, seed=seed), "prompt_split": "train"})
+           for seed in (0, 1)]
+  done = run_report(f"--results={','.join(train)}")
+  assert done.returncode == 0 and "(training captions)" in done.stdout, done.stderr
+  heldout = write(tmp_path, "h.json", {**evaluation({"window": (0.5, 0.5)}, seed=0), "prompt_split": "heldout"})
+  done = run_report(f"--results={train[0]},{heldout}")
+  assert done.returncode == 2 and "another prompt_split" in done.stderr, done.stderr
 
 
 def test_report_refuses_files_it_cannot_compare(tmp_path):

@@ -110,9 +110,11 @@ def describe(runs: list[dict]) -> str:
       notes.setdefault(run["memory_note"], [])
       if row not in notes[run["memory_note"]]:
         notes[run["memory_note"]].append(row)
+  # Files from before --prompt_split have no key: they were held-out captions.
+  captions = {"heldout": "held-out", "train": "training"}[runs[0].get("prompt_split") or "heldout"]
   text = (f"{runs[0].get('num_videos')} videos per task and seed, world {world.get('width')}x{world.get('height')} "
           f"of {world.get('num_frames')} frames; each cell: mean over the row's seeds (min..max); prompt following "
-          "(held-out captions): colour, shape, direction, all correct; long horizon: object present with the "
+          f"({captions} captions): colour, shape, direction, all correct; long horizon: object present with the "
           "caption's colour, drift = colour-histogram distance to the first 5-second window; long memory: colour "
           "at the return (chance below), object back.")
   return text + "".join(f"\nNOTE ({', '.join(rows)}): {note}" for note, rows in notes.items())
