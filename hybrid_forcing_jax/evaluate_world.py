@@ -52,6 +52,8 @@ flags.DEFINE_float("guidance", None, "Teacher CFG scale (default: the config's o
 flags.DEFINE_string("negative_prompt", "", "The teacher's unconditional prompt")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend of the DiT (auto, xla, cudnn, pallas_triton, ...)")
 flags.DEFINE_string("output_json", None, "Also write the results to this JSON file")
+flags.DEFINE_string("videos_npz", None, "Also write prompt following's videos to this .npz, to look at: per row "
+                    "'<row>/videos' uint8 [N, T, H, W, 3] and '<row>/captions'")
 
 TEACHER_DEFAULTS = {"num_steps": 48, "shift": 5.0, "guidance": 6.0}   # configs/ode_init.py's ode_pairs
 
@@ -156,8 +158,9 @@ def make_generator(model, params, stream, codec, codec_params, embed):
                           guidance_scale=float(teacher_setting("guidance", FLAGS.guidance)))
 
 
-def evaluate(rows: dict, world) -> dict:
-  """Row name -> task -> results (None: the task does not apply to that generator)."""
+def evaluate(rows: dict, world, videos: dict) -> dict:
+  """Row name -> task -> results (None: the task does not apply to that generator). videos: row name ->
+  prompt following's [(caption, video)], filled here."""
   from hybrid_forcing_jax.world import eval_tasks
   from hybrid_forcing_jax.world.eval_generators import TeacherGenerator
   common = dict(num_videos=FLAGS.num_videos, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
@@ -171,7 +174,8 @@ def evaluate(rows: dict, world) -> dict:
         out = None if isinstance(generate, TeacherGenerator) else eval_tasks.long_horizon(
             generate, world, seconds=FLAGS.horizon_seconds, **common)
       elif task == "prompt_following":
-        out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split, **common)
+        out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split,
+                                          keep=videos.setdefault(name, []), **common)
       else:
         out = getattr(eval_tasks, task)(generate, world, **common)
       results[name][task] = out
@@ -238,7 +242,8 @@ def main(argv) -> int:
   stream, world = stream_and_world()
   check_flags()
   rows = build_generators(stream)
-  results = evaluate(rows, world)
+  videos = {}
+  results = evaluate(rows, world, videos)
   codecs = [g.codec for g in rows.values() if hasattr(g, "codec")]
   note = memory_note(stream, world, codecs[0].config.temporal_factor if codecs else 4)
   print(report(results, world, note))
@@ -249,7 +254,21 @@ def main(argv) -> int:
                  "num_videos": FLAGS.num_videos, "prompt_split": FLAGS.prompt_split, "seed": FLAGS.seed,
                  "teacher": FLAGS.teacher, "memory_note": note}, f, indent=2)
     os.replace(FLAGS.output_json + ".tmp", FLAGS.output_json)
+  if FLAGS.videos_npz and videos:
+    write_videos(FLAGS.videos_npz, videos)
   return cli.EXIT_OK
+
+
+def write_videos(path: str, videos: dict) -> None:
+  """Row name -> [(caption, video)] -> one compressed .npz, written whole or not at all."""
+  import numpy as np
+  arrays = {}
+  for name, pairs in videos.items():
+    arrays[f"{name}/videos"] = np.stack([v for _, v in pairs]).astype(np.uint8)
+    arrays[f"{name}/captions"] = np.array([c for c, _ in pairs])
+  with open(path + ".tmp", "wb") as f:
+    np.savez_compressed(f, **arrays)
+  os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ def test_cli_prints_the_tables_for_a_random_model(tmp_path):
   out = tmp_path / "results.json"
   done = run_evaluate(f"--config={config}", f"--dit={folders['dit']}", f"--text={folders['text']}",
                       f"--codec={folders['codec']}", "--random", "--ground_truth", "--num_videos=1",
-                      "--horizon_seconds=5", "--attention_backend=xla", f"--output_json={out}")
+                      "--horizon_seconds=5", "--attention_backend=xla", f"--output_json={out}",
+                      f"--videos_npz={tmp_path / 'videos.npz'}")
   assert done.returncode == 0, done.stderr[-2000:]
   for needle in ("Prompt following", "Long horizon", "Long memory", "random weights", "ground truth", "0-5s"):
     assert needle in done.stdout
@@ -147,6 +148,13 @@ def test_cli_prints_the_tables_for_a_random_model(tmp_path):
   truth = results["ground truth"]
   assert truth["prompt_following"]["all"] == 1.0 and truth["long_horizon"]["object"] == [1.0]
   assert truth["long_memory"]["colour"] == 1.0
+  # --videos_npz keeps what prompt following scored: the ground-truth row is the world's own video.
+  example = world_example(WorldConfig(height=32, width=32, omit_probability=0.0), "heldout", 0, 0)
+  with np.load(tmp_path / "videos.npz") as kept:
+    assert sorted(kept.files) == sorted(f"{r}/{k}" for r in results for k in ("videos", "captions"))
+    assert kept["dit/videos"].shape == kept["ground truth/videos"].shape == (1,) + example["video"].shape
+    np.testing.assert_array_equal(kept["ground truth/videos"][0], example["video"])
+    assert list(kept["ground truth/captions"]) == [example["caption"]]
 
 
 @pytest.mark.parametrize("args,needle", [

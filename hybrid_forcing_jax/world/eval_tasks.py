@@ -49,9 +49,10 @@ PROMPT_SPLITS = ("heldout", "train")
 
 
 def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int, batch_size: int,
-                     split: str = "heldout") -> dict:
+                     split: str = "heldout", keep=None) -> dict:
   """split `heldout` (the generalisation test) or `train` (captions of the training distribution: whether
-  the model learnt the world at all, before asking whether it composes)."""
+  the model learnt the world at all, before asking whether it composes). keep: optional list that receives
+  (caption, video uint8 [T, H, W, 3]) per video, to look at what was scored."""
   if split not in PROMPT_SPLITS:
     raise ValueError(f"prompt following: split must be one of {PROMPT_SPLITS}, got {split!r}")
   world = dataclasses.replace(world, omit_probability=0.0)
@@ -59,6 +60,8 @@ def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int
   for batch, examples in _batches(world, split, num_videos, seed, batch_size):
     videos = generate(examples, world.num_frames, _key(seed, "prompt_following", batch))
     rows += [prompt_scores(detect(v), e) for v, e in zip(videos, examples)]
+    if keep is not None:
+      keep += [(e["caption"], np.asarray(v)) for v, e in zip(videos, examples)]
   return {**_mean(rows), "split": split, "videos": len(rows)}
 
 
