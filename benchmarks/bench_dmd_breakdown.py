@@ -188,6 +188,9 @@ def main(argv):
   del argv
   if FLAGS.repeats < 1:
     raise cli.BadInput(f"--repeats must be >= 1, got {FLAGS.repeats}")
+  if dmd_full_size.mesh_shape() != (1, 1):
+    raise cli.BadInput(f"--mesh={','.join(FLAGS.mesh)}: bench_dmd_breakdown times its parts on one device "
+                       "(--mesh=1,1); bench_dmd_step times the updates on a mesh")
   exit_steps = _exit_steps(len(dmd_full_size.stream_config().denoising_steps))
   bench = dmd_full_size.build()
   setup, state, batch = bench.setup, bench.state, bench.batch

@@ -2,12 +2,31 @@
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_dmd_step [--phase=2] [--generator_steps=8] [--critic_steps=6]
 
+Issue 11's step on two GPUs with the 14B teacher sharded (batch 1 per GPU):
+
+  PYTHONUNBUFFERED=1 python -m benchmarks.bench_dmd_step --phase=2 --teacher_preset=wan_14b --mesh=1,2
+
 The trainer's own steps (training/steps.make_dmd_steps with losses/generator.py and critic_step.py, the
-rollout of training/rollout.py on the streaming sampler) on one device, in the setting of
-benchmarks/dmd_full_size.py (Wan-1.3B generator, critic and teacher stand-in, batch 1, 21-frame rollouts
-at 60x104; phase 2 with the regulariser's target from the batch). Each update's exit step is drawn inside
-the step; the table groups the timed steps by it. benchmarks/bench_dmd_breakdown.py splits the updates
-into their parts.
+rollout of training/rollout.py on the streaming sampler), jitted by steps.jit_train_step with the trainer's
+shardings, in the setting of benchmarks/dmd_full_size.py (Wan-1.3B generator and critic, a teacher of
+--teacher_preset, the 1.3B stand-in by default, batch 1 per device, 21-frame rollouts at 60x104; phase 2
+with the regulariser's target from the batch) on the devices of --mesh. Each update's exit step is drawn
+inside the step; the table groups the timed steps by it. Memory per device (the most of the mesh's devices
+and each one): what the teacher and the train state hold there, each update's compiled program (XLA's
+memory analysis: arguments + temporaries + outputs not donated-over, so generator and critic apart; the
+measured peak only grows) and the measured peak after the generator steps and at the end.
+benchmarks/bench_dmd_breakdown.py splits the updates into their parts (on one device).
+
+Memory of the 2-GPU command per 80 GB GPU, an ESTIMATE (not yet run): the 14B teacher is 29.0 GB of bf16
+weights, 13.5 GiB per GPU over fsdp 2 (the 1.3B stand-in: 2.6 GiB); the state (generator float32 masters +
+AdamW moments + EMA, 4 x 5.7 GB, critic masters + moments, 3 x 5.7 GB) is 37.0 GiB, 18.5 GiB per GPU. On
+one H100 the step peaked at 68.9 GiB (docs/benchmarks.md), 37.0 + 2.6 of it those arrays, so ~29 GiB
+gradients, compute copies and the rollouts' activations under full remat; batch 1 per GPU keeps those (their
+weight-sized parts are sharded, gathered layers are added). The 14B's forward adds its per-layer working
+set: 0.34 GB per dim-wide and 0.9 GB per FFN-wide bf16 activation of the CFG pass (batch 2, 32,760 tokens),
+0.7 GB per gathered layer: ~2-4 GiB. Total ~13.5 + 18.5 + 29 + 3 = ~64 GiB per GPU: fits, ~14 GiB spare.
+The risk: if XLA gathers the whole teacher at once instead of layer by layer, +13.5 GiB, ~78 GiB, at the
+limit; the compiled programs' rows show which.
 """
 from __future__ import annotations
 
@@ -16,16 +35,27 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from benchmarks import dmd_full_size
-from hybrid_forcing_jax.training import steps
+from hybrid_forcing_jax import cli
+from hybrid_forcing_jax.training import sharding, steps
 from hybrid_forcing_jax.training.losses.critic_step import critic_loss
 from hybrid_forcing_jax.training.losses.generator import generator_loss
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("generator_steps", 8, "Timed generator updates (after one warm-up)")
 flags.DEFINE_integer("critic_steps", 6, "Timed critic updates (after one warm-up)")
+
+
+def _compiled(step, state, batch, key, frozen):
+  """-> (step compiled for these arguments, compile seconds, GiB per device of XLA's memory analysis)."""
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch, key, frozen).compile()
+  seconds = time.perf_counter() - t0
+  m = compiled.memory_analysis()
+  gib = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes) / 2**30
+  return compiled, seconds, gib
 
 
 def _timed(step, state, batch, frozen, keys, exit_key):
@@ -48,24 +78,33 @@ def _timed(step, state, batch, frozen, keys, exit_key):
 def main(argv):
   del argv
   bench = dmd_full_size.build()
-  setup = bench.setup
+  setup, devices = bench.setup, bench.mesh.local_devices
+  held = {"teacher": dmd_full_size.gib_per_device(bench.frozen["teacher"], devices),
+          "train state": dmd_full_size.gib_per_device(bench.state, devices)}
+  weight, shape, shard = dmd_full_size.largest_split(bench.frozen["teacher"])
+  print(f"teacher {dmd_full_size.teacher_preset()}: largest weight {weight} {shape} held as {shard} on device "
+        f"{devices[0].id}; {sum(held['teacher']):.2f} GiB in all", flush=True)
   generator_step, critic_step = steps.make_dmd_steps(
       lambda *a: generator_loss(*a, setup=setup), lambda *a: critic_loss(*a, setup=setup), bench.optimizer,
       bench.critic_optimizer, ema_decay=0.99, ema_start=0, generator_dtype=bench.generator_dtype,
       critic_dtype=bench.critic_dtype)
+  batch_sharding = sharding.batch_sharding(bench.mesh)
+  gen_jit, critic_jit = (steps.jit_train_step(step, bench.state_shardings, batch_sharding, bench.frozen_shardings)
+                         for step in (generator_step, critic_step))
   state, batch, frozen = bench.state, bench.batch, bench.frozen
-  gen_jit = jax.jit(generator_step, donate_argnums=0)
-  critic_jit = jax.jit(critic_step, donate_argnums=0)
-  print(f"phase {FLAGS.phase}: generator steps", flush=True)
-  state, gen_times, gen_first = _timed(gen_jit, state, batch, frozen,
-                                       [jax.random.key(100 + i) for i in range(FLAGS.generator_steps + 1)], "exit_step")
-  gen_peak = dmd_full_size.peak_gib()
-  print("critic steps", flush=True)
+  gen_keys = [jax.random.key(100 + i) for i in range(FLAGS.generator_steps + 1)]
+  critic_keys = [jax.random.key(200 + i) for i in range(FLAGS.critic_steps + 1)]
   critic_batch = {"context": batch["context"]}
-  state, critic_times, critic_first = _timed(critic_jit, state, critic_batch, frozen,
-                                             [jax.random.key(200 + i) for i in range(FLAGS.critic_steps + 1)],
-                                             "critic_exit_step")
-  peak = dmd_full_size.peak_gib()
+
+  print(f"phase {FLAGS.phase}: generator steps", flush=True)
+  gen_jit, gen_compile, gen_program = _compiled(gen_jit, state, batch, gen_keys[0], frozen)
+  state, gen_times, gen_first = _timed(gen_jit, state, batch, frozen, gen_keys, "exit_step")
+  gen_peak = dmd_full_size.peak_gib_per_device(devices)
+  print("critic steps", flush=True)
+  critic_jit, critic_compile, critic_program = _compiled(critic_jit, state, critic_batch, critic_keys[0], frozen)
+  state, critic_times, critic_first = _timed(critic_jit, state, critic_batch, frozen, critic_keys, "critic_exit_step")
+  peak = dmd_full_size.peak_gib_per_device(devices)
+
   gen_all = [t for ts in gen_times.values() for t in ts]
   critic_all = [t for ts in critic_times.values() for t in ts]
   per_step = np.mean(critic_all) + np.mean(gen_all) / 5
@@ -75,10 +114,17 @@ def main(argv):
     for e in sorted(times):
       print(f"{name:10s} {e:9d} {len(times[e]):3d} {np.median(times[e]):9.3f}")
     print(f"{name:10s} {'all':>9s} {len(sum(times.values(), [])):3d} {np.mean(sum(times.values(), [])):9.3f} (mean)")
-  print(f"first calls (compile + run): generator {gen_first:.1f} s, critic {critic_first:.1f} s")
-  print(f"peak device memory: {gen_peak:.2f} GiB after the generator steps, {peak:.2f} GiB at the end")
   print(f"per step (one critic update + 1/5 of a generator update): {per_step:.3f} s")
+  print(f"compile: generator {gen_compile:.1f} s, critic {critic_compile:.1f} s; first (untimed) calls: "
+        f"generator {gen_first:.1f} s, critic {critic_first:.1f} s")
+  rows = [(f"{role} held", gib) for role, gib in held.items()]
+  rows += [("generator update program", [gen_program] * len(devices)),
+           ("critic update program", [critic_program] * len(devices)),
+           ("peak after generator steps", gen_peak), ("peak at the end", peak)]
+  print(f"\n{'memory per device, GiB':28s} {'max':>7s}" + "".join(f" {'device ' + str(d.id):>9s}" for d in devices))
+  for row, gib in rows:
+    print(f"{row:28s} {max(gib):7.2f}" + "".join(f" {g:9.2f}" for g in gib))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "bench_dmd_step")
