@@ -17,16 +17,9 @@ memory analysis: arguments + temporaries + outputs not donated-over, so generato
 measured peak only grows) and the measured peak after the generator steps and at the end.
 benchmarks/bench_dmd_breakdown.py splits the updates into their parts (on one device).
 
-Memory of the 2-GPU command per 80 GB GPU, an ESTIMATE (not yet run): the 14B teacher is 29.0 GB of bf16
-weights, 13.5 GiB per GPU over fsdp 2 (the 1.3B stand-in: 2.6 GiB); the state (generator float32 masters +
-AdamW moments + EMA, 4 x 5.7 GB, critic masters + moments, 3 x 5.7 GB) is 37.0 GiB, 18.5 GiB per GPU. On
-one H100 the step peaked at 68.9 GiB (docs/benchmarks.md), 37.0 + 2.6 of it those arrays, so ~29 GiB
-gradients, compute copies and the rollouts' activations under full remat; batch 1 per GPU keeps those (their
-weight-sized parts are sharded, gathered layers are added). The 14B's forward adds its per-layer working
-set: 0.34 GB per dim-wide and 0.9 GB per FFN-wide bf16 activation of the CFG pass (batch 2, 32,760 tokens),
-0.7 GB per gathered layer: ~2-4 GiB. Total ~13.5 + 18.5 + 29 + 3 = ~64 GiB per GPU: fits, ~14 GiB spare.
-The risk: if XLA gathers the whole teacher at once instead of layer by layer, +13.5 GiB, ~78 GiB, at the
-limit; the compiled programs' rows show which.
+Measured with the 2-GPU command on 2 H200s (docs/benchmarks.md): per GPU the 14B teacher holds 13.5 GiB, the
+train state 18.5 GiB, and the generator update peaks at 59.9 GiB (it gathers the teacher a layer at a time), so
+it fits two 80 GB H100s.
 """
 from __future__ import annotations
 
