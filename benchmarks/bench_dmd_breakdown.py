@@ -2,9 +2,9 @@
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_dmd_breakdown --phase=2 --repeats=3
 
-Expected runtime on one H100 (an estimate from bench_dmd_step's times, not yet run): 6-8 minutes, under the
-10-minute limit of one call: set-up under a minute, 3-4 minutes compiling nine programs (the two value_and_grad
-ones take longest, 45-85 s each), 2-3 minutes of timed calls; `--exit_steps=0,3` saves about 1.5 minutes.
+Runtime: 6 minutes on one H200 with `--exit_steps=0,3` (docs/benchmarks.md, 2026-11-27), nearly 4 of them
+compiling nine programs (the two value_and_grad ones take longest, 46-58 s each); each further exit step adds
+about 1.5 minutes, so all four only just fit the 10-minute limit of one call.
 Each part prints its median as it finishes, so a cut-off run still shows the parts done. On the CPU,
 `--preset=tiny --latent_hw=8,8 --text_len=16 --remat=none` runs it in 1.5-2.5 minutes on 2 cores, nearly all of
 it compiling (its times are noise at that size: it shows that the script runs and what it prints).
