@@ -25,6 +25,9 @@ Each setting and weights' place runs in its own process (clean peak-memory count
   peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included when on the device)
   peak_gib_after_chunks  the peak after the warm-up stream and after the timed one, by their chunk
                    counts: equal when the stream's memory stays flat
+  memory_gib       weights_held: GPU memory in use once every model is built (the weights resident on the
+                   device); peak_making_weights: the peak until then (making the random weights): what the
+                   stream adds to the weights is peak_gib - weights_held
 `--tiny` runs the world model shipped in the package (64x64) instead, to try the script on a CPU.
 """
 from __future__ import annotations
@@ -180,9 +183,10 @@ def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
   return parts
 
 
-def peak_gib() -> float:
+def device_gib(stat: str = "peak_bytes_in_use") -> float:
+  """A memory statistic of the first device (default: its peak) in GiB; 0 on the CPU."""
   stats = jax.devices()[0].memory_stats() or {}   # None on the CPU
-  return round(stats.get("peak_bytes_in_use", 0) / 2**30, 2)
+  return round(stats.get(stat, 0) / 2**30, 2)
 
 
 def run_setting(name: str, text_encoder_weights: str, args):
@@ -194,14 +198,16 @@ def run_setting(name: str, text_encoder_weights: str, args):
     pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
   else:
     pipe = full_size_pipeline(cfg, on_host)
+  # Where the peak comes from: the weights alone (held, and the peak of making them), then each stream's.
+  memory = {"weights_held": device_gib("bytes_in_use"), "peak_making_weights": device_gib()}
   hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)   # the shipped model: the world's
   warm = cfg.cache_slots // cfg.chunk_frames + 2   # chunks until the window is full
   t0 = time.perf_counter()
   stream_stamps(pipe, "compile everything", warm + 1, hw)
   compile_s = time.perf_counter() - t0
-  peaks = {warm + 1: peak_gib()}
+  peaks = {warm + 1: device_gib()}
   stamps = stream_stamps(pipe, "a red fox running through fresh snow", warm + args.chunks, hw)
-  peaks[warm + args.chunks] = peak_gib()
+  peaks[warm + args.chunks] = device_gib()
   steady = stamps[warm:]
   gaps = [(b[0] - a[0]) * 1e3 for a, b in zip(steady, steady[1:])]
   mp4_fps = None
@@ -217,7 +223,7 @@ def run_setting(name: str, text_encoder_weights: str, args):
       chunk_ms_median=round(statistics.median(gaps), 1), chunk_ms_min=round(min(gaps), 1),
       chunk_ms_max=round(max(gaps), 1), fps=round(steady_fps(stamps, warm), 2), fps_with_mp4=mp4_fps,
       dit_ms=round(dit_ms, 1), vae_ms=round(vae_ms, 1),
-      peak_gib=peak_gib(), peak_gib_after_chunks=peaks, finite=finite)), flush=True)
+      peak_gib=device_gib(), peak_gib_after_chunks=peaks, memory_gib=memory, finite=finite)), flush=True)
 
 
 def main():
