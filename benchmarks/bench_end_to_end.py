@@ -6,8 +6,9 @@ Wan2.1 VAE, 832x480, random bf16 weights made on the device, batch 1.
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end [--setting=both|hybrid|self_forcing]
       [--text_encoder_weights=host|device|both] [--chunks=20] [--sparse_backend=auto] [--mp4=/tmp/bench.mp4] [--tiny]
 
-`--text_encoder_weights`: where umT5's weights stay between prompts: host (sample's default on a GPU;
-copied to the device a layer at a time for each new prompt, text_encoder.HostResidentEncoder) or device.
+`--text_encoder_weights`: where umT5's weights stay between prompts: host (sample's default where they would
+take over a quarter of the GPU's memory; copied to the device a layer at a time for each new prompt,
+text_encoder.HostResidentEncoder) or device.
 Peak GPU memory with each, over a 60-chunk stream, in one call (issue 14):
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end --setting=hybrid --text_encoder_weights=both --chunks=60
@@ -230,7 +231,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--setting", default="both", choices=("both", "hybrid", "self_forcing"))
   parser.add_argument("--text_encoder_weights", default="host", choices=("host", "device", "both"),
-                      help="where umT5's weights stay between prompts (host: sample's default on a GPU)")
+                      help="where umT5's weights stay between prompts")
   parser.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed")
   parser.add_argument("--sparse_backend", default="auto")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")

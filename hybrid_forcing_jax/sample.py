@@ -64,7 +64,8 @@ flags.DEFINE_boolean("recache", True, "On a prompt switch, re-encode the cached 
 flags.DEFINE_enum("text_encoder_weights", "auto", ["auto", "host", "device"],
                   "Where the text encoder's weights stay between prompt changes: host (copied to the device a "
                   "layer at a time only to encode a prompt: umT5-XXL's 11 GB off the GPU, for a copy per new "
-                  "prompt), device, or auto: host for an encoder of 1 GiB or more on a GPU or TPU, else device")
+                  "prompt), device, or auto: host where the encoder would take more than a quarter of the GPU's "
+                  "or TPU's memory (umT5-XXL on a 24 or 40 GB card), else device")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend (auto, xla, cudnn, pallas_triton, pallas_mosaic)")
 flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid_forcing_jax", "xla"),
                     "Persistent XLA compilation cache: later runs with the same model and sizes skip most "

@@ -76,11 +76,26 @@ def test_no_parameter_on_the_device_after_encoding(host_kind):
   assert len(new) == 1 and new[0] is context
 
 
-def test_default_rule_big_encoders_on_an_accelerator(monkeypatch):
+class _Device:
+  def __init__(self, stats):
+    self.stats = stats
+
+  def memory_stats(self):
+    return self.stats
+
+
+def test_default_rule_big_encoders_on_a_small_accelerator(monkeypatch):
   assert not text_encoder.weights_on_host_by_default(UMT5_XXL)   # this CPU: one memory
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert text_encoder.weights_on_host_by_default(UMT5_XXL)        # 11 GB in bf16
-  assert not text_encoder.weights_on_host_by_default(CONFIG)      # a few kB: no copy per prompt
+  gib = 2**30
+  # umT5-XXL, 11 GB in bf16: on the host for a 24 GB or 40 GB card, on the device of an 80 GB H100.
+  assert text_encoder.weights_on_host_by_default(UMT5_XXL, _Device({"bytes_limit": 22 * gib}))
+  assert text_encoder.weights_on_host_by_default(UMT5_XXL, _Device({"bytes_limit": 38 * gib}))
+  assert not text_encoder.weights_on_host_by_default(UMT5_XXL, _Device({"bytes_limit": 75 * gib}))
+  # A device that does not say its size: any encoder of 1 GiB or more goes to the host.
+  assert text_encoder.weights_on_host_by_default(UMT5_XXL, _Device(None))
+  assert not text_encoder.weights_on_host_by_default(CONFIG, _Device(None))      # a few kB
+  assert not text_encoder.weights_on_host_by_default(CONFIG, _Device({"bytes_limit": gib}))
 
 
 def test_prompt_switch_mid_stream_with_the_weights_on_the_host(tiny_wan_model):  # noqa: F811
