@@ -76,3 +76,24 @@ def test_bench_dmd_breakdown_refuses_a_mesh():
   done = _run(["-m", "benchmarks.bench_dmd_breakdown", "--preset=tiny", "--mesh=1,2"], timeout=120)
   assert done.returncode == 2, done.stderr[-3000:]
   assert "bench_dmd_breakdown: error: --mesh=1,2: bench_dmd_breakdown times its parts on one device" in done.stderr
+
+
+CRITIC_REMAT = """
+import sys
+from absl import flags
+from benchmarks import dmd_full_size
+flags.FLAGS(["x", "--preset=tiny", "--latent_hw=8,8", "--text_len=16", "--remat=none"] + sys.argv[1:])
+setup = dmd_full_size.build().setup
+print(setup.generator.remat, setup.critic.remat, dmd_full_size.setting(setup))
+"""
+
+
+def test_the_critic_gets_its_own_remat_policy():
+  """--critic_remat (the first lever for the critic's backward) applies to the critic alone; without it the
+  critic follows --remat."""
+  own = _run(["-c", CRITIC_REMAT, "--critic_remat=dots_saveable"], timeout=120)
+  assert own.returncode == 0, own.stderr[-3000:]
+  assert own.stdout.strip().startswith("none dots_saveable ") and "remat none (critic dots_saveable)" in own.stdout
+  same = _run(["-c", CRITIC_REMAT], timeout=120)
+  assert same.returncode == 0, same.stderr[-3000:]
+  assert same.stdout.strip().startswith("none none ") and "(critic" not in same.stdout
