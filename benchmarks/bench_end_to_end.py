@@ -5,6 +5,7 @@ Wan2.1 VAE, 832x480, random bf16 weights made on the device, batch 1.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end [--setting=both|hybrid|self_forcing]
       [--text_encoder_weights=host|device|both] [--chunks=20] [--sparse_backend=auto] [--mp4=/tmp/bench.mp4] [--tiny]
+      [--vae_frames_per_call=1]
 
 `--text_encoder_weights`: where umT5's weights stay between prompts: host (sample's default where they would
 take over a quarter of the GPU's memory; copied to the device a layer at a time for each new prompt,
@@ -72,7 +73,7 @@ def host_t5_params(config, key):
   return dict(rest, blocks=jax.tree.map(lambda *layers: np.concatenate(layers), *blocks))
 
 
-def full_size_pipeline(cfg, text_weights_on_host: bool) -> StreamingPipeline:
+def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int | None = None) -> StreamingPipeline:
   """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights. Prompts become fixed pseudo-random
   token ids (no tokenizer files here); the encoder runs all 512 positions whatever the prompt."""
   bf16 = jnp.bfloat16
@@ -94,7 +95,8 @@ def full_size_pipeline(cfg, text_weights_on_host: bool) -> StreamingPipeline:
     return encoder.encode_ids(ids, mask)
 
   model = WanDiT(wan, dtype=bf16, param_dtype=bf16, attention_backend="auto")
-  return StreamingPipeline(model, dit_params, cfg, WanVAE(WAN21_VAE), init_vae_params(WAN21_VAE, 0), embed)
+  vae = WanVAE(WAN21_VAE, decode_frames_per_call=vae_frames_per_call)
+  return StreamingPipeline(model, dit_params, cfg, vae, init_vae_params(WAN21_VAE, 0), embed)
 
 
 def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw, mp4: str | None = None):
@@ -198,7 +200,7 @@ def run_setting(name: str, text_encoder_weights: str, args):
   if args.tiny:
     pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
   else:
-    pipe = full_size_pipeline(cfg, on_host)
+    pipe = full_size_pipeline(cfg, on_host, args.vae_frames_per_call)
   # Where the peak comes from: the weights alone (held, and the peak of making them), then each stream's.
   memory = {"weights_held": device_gib("bytes_in_use"), "peak_making_weights": device_gib()}
   hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)   # the shipped model: the world's
@@ -217,7 +219,8 @@ def run_setting(name: str, text_encoder_weights: str, args):
   dit_ms, vae_ms, finite = parts_ms(pipe, hw, warm)
   first_parts = first_frame_parts_ms(pipe, hw)
   print(json.dumps(dict(
-      setting=name, text_encoder_weights=text_encoder_weights, device=str(jax.devices()[0].device_kind),
+      setting=name, text_encoder_weights=text_encoder_weights, vae_frames_per_call=args.vae_frames_per_call,
+      device=str(jax.devices()[0].device_kind),
       tiny=args.tiny, size=f"{hw[1]}x{hw[0]}",
       sparse_backend=cfg.sparse_backend if cfg.sparse_ratio else None, compile_s=round(compile_s, 1),
       first_frame_s=round(stamps[0][0], 3), first_frames=stamps[0][1], first_frame_parts_ms=first_parts, steady_chunks=len(gaps),
@@ -234,6 +237,8 @@ def main():
                       help="where umT5's weights stay between prompts")
   parser.add_argument("--chunks", type=int, default=20, help="steady-state chunks timed")
   parser.add_argument("--sparse_backend", default="auto")
+  parser.add_argument("--vae_frames_per_call", type=int, default=None,
+                      help="latent frames per VAE decode call, full size only (WanVAE decode_frames_per_call; default: the chunk)")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   args = parser.parse_args()
@@ -247,6 +252,8 @@ def main():
       cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}",
              f"--text_encoder_weights={place}", f"--chunks={args.chunks}",
              f"--sparse_backend={args.sparse_backend}"] + (["--tiny"] if args.tiny else [])
+      if args.vae_frames_per_call:
+        cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
       if args.mp4:
         cmd.append(f"--mp4={args.mp4}")
       subprocess.run(cmd, check=False)

@@ -268,9 +268,15 @@ class WanVAE:
 
   # conv_impl 'fold_in' measured fastest on an H100 (117 ms per steady chunk against 143 ms for
   # plain 3D convolutions; docs/benchmarks.md).
+  # decode_frames_per_call: decode_chunk decodes at most that many latent frames per call (None: the whole
+  # chunk in one). The causal cache makes pieces exact; fewer frames per call divide the decode's
+  # activations (issue 14's peak-memory goal), one dispatch per piece.
   def __init__(self, config: VaeConfig = WAN21_VAE, *, dtype=jnp.bfloat16, conv_impl: str = "fold_in",
-               upsample_impl: str = "subpixel"):
+               upsample_impl: str = "subpixel", decode_frames_per_call: int | None = None):
+    if decode_frames_per_call is not None and decode_frames_per_call < 1:
+      raise ValueError(f"WanVAE: decode_frames_per_call must be >= 1 or None, got {decode_frames_per_call}")
     self.config = config
+    self.decode_frames_per_call = decode_frames_per_call
     self.options = VaeOptions(dtype=dtype, conv_impl=conv_impl, upsample_impl=upsample_impl)
     # Donating the cache lets XLA write the new cache over the old one; the CPU backend ignores
     # donation (with a warning), so only donate where it works.
@@ -286,9 +292,13 @@ class WanVAE:
   def decode_chunk(self, params, z, cache=None):
     """(frames, new cache); cache=None starts a video. The cache passed in is consumed (donated)."""
     self._check_latents(z)
-    if cache is None:
-      return self._decode_first(params, z)
-    return self._decode_next(params, z, cache)
+    step = self.decode_frames_per_call or z.shape[1]
+    pieces = []
+    for start in range(0, z.shape[1], step):
+      piece = z[:, start:start + step]
+      frames, cache = self._decode_first(params, piece) if cache is None else self._decode_next(params, piece, cache)
+      pieces.append(frames)
+    return (pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)), cache
 
   def decode(self, params, z, chunk: int | None = None):
     """A whole latent video [B, T, h, w, z_dim] -> [B, 1 + 4(T-1), 8h, 8w, 3] in [-1, 1].

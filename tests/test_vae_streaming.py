@@ -34,6 +34,25 @@ def test_streaming_decode_equals_whole(setup):
   assert np.abs(whole).max() <= 1.0
 
 
+@pytest.mark.parametrize("per_call", [1, 2])
+def test_decode_in_pieces_equals_one_call(setup, per_call):
+  """decode_frames_per_call: a chunk decoded a piece at a time through the cache gives the frames and the
+  cache of one call (issue 14: fewer frames per call, fewer activations alive at once)."""
+  vae, params = setup
+  pieces = WanVAE(fx.CONFIG, dtype=jnp.float32, conv_impl="3d", decode_frames_per_call=per_call)
+  z = jnp.asarray(fx.latents(seed=7, batch=1, frames=6))
+  out0, cache0 = vae.decode_chunk(params, z[:, 0:3])
+  p0, pc0 = pieces.decode_chunk(params, z[:, 0:3])
+  np.testing.assert_allclose(np.asarray(p0), np.asarray(out0), atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0), pc0, cache0)
+  out1, _ = vae.decode_chunk(params, z[:, 3:6], cache0)
+  p1, _ = pieces.decode_chunk(params, z[:, 3:6], pc0)
+  assert p0.shape[1] == 9 and p1.shape[1] == 12
+  np.testing.assert_allclose(np.asarray(p1), np.asarray(out1), atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="decode_frames_per_call must be >= 1"):
+    WanVAE(fx.CONFIG, decode_frames_per_call=0)
+
+
 def test_streaming_encode_equals_whole(setup):
   vae, params = setup
   v = jnp.asarray(fx.video(seed=6, frames=9))
