@@ -1,7 +1,7 @@
 """One DMD training step at full size with random weights: the generator update and the critic update.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_dmd_step [--phase=2] [--generator_steps=8] [--critic_steps=6]
-      [--critic_remat=dots_saveable] [--teacher_preset=wan_14b --mesh=1,2]
+      [--critic_remat=dots_saveable] [--teacher_preset=wan_14b --mesh=1,2] [--results_jsonl=PATH]
 
 Issue 11's step on two GPUs with the 14B teacher sharded (batch 1 per GPU):
 
@@ -17,6 +17,8 @@ and each one): what the teacher and the train state hold there, each update's co
 memory analysis: arguments + temporaries + outputs not donated-over, so generator and critic apart; the
 measured peak only grows) and the measured peak after the generator steps and at the end.
 benchmarks/bench_dmd_breakdown.py splits the updates into their parts (on one device).
+--results_jsonl=PATH appends the run's numbers to PATH as one JSON line (benchmarks/bench_scaling.py sweeps
+meshes with it).
 
 Measured with the 2-GPU command on 2 H200s (docs/benchmarks.md): per GPU the 14B teacher holds 13.5 GiB, the
 train state 18.5 GiB, and the generator update peaks at 59.9 GiB (it gathers the teacher a layer at a time), so
@@ -25,6 +27,8 @@ it fits two 80 GB H100s.
 from __future__ import annotations
 
 import collections
+import json
+import os
 import time
 
 import jax
@@ -40,6 +44,15 @@ from hybrid_forcing_jax.training.losses.generator import generator_loss
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("generator_steps", 8, "Timed generator updates (after one warm-up)")
 flags.DEFINE_integer("critic_steps", 6, "Timed critic updates (after one warm-up)")
+flags.DEFINE_string("results_jsonl", None, "Append the run's numbers to this file as one JSON line")
+
+
+def settings() -> dict:
+  """What was timed besides the mesh and the number of timed updates: the results line's "setting", by which
+  bench_scaling.py knows a mesh it has run and which rows it compares."""
+  return dict(phase=int(FLAGS.phase), preset=FLAGS.preset, teacher_preset=dmd_full_size.teacher_preset(),
+              remat=FLAGS.remat, critic_remat=dmd_full_size.critic_remat(),
+              latent_hw=[int(x) for x in FLAGS.latent_hw], text_len=FLAGS.text_len)
 
 
 def _compiled(step, state, batch, key, frozen):
@@ -71,6 +84,8 @@ def _timed(step, state, batch, frozen, keys, exit_key):
 
 def main(argv):
   del argv
+  if FLAGS.results_jsonl and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.results_jsonl))):
+    raise cli.BadInput(f"--results_jsonl={FLAGS.results_jsonl}: its folder does not exist")
   bench = dmd_full_size.build()
   setup, devices = bench.setup, bench.mesh.local_devices
   held = {"teacher": dmd_full_size.gib_per_device(bench.frozen["teacher"], devices),
@@ -118,6 +133,21 @@ def main(argv):
   print(f"\n{'memory per device, GiB':28s} {'max':>7s}" + "".join(f" {'device ' + str(d.id):>9s}" for d in devices))
   for row, gib in rows:
     print(f"{row:28s} {max(gib):7.2f}" + "".join(f" {g:9.2f}" for g in gib))
+  if FLAGS.results_jsonl:
+    _append_results(gen_all, critic_all, per_step, global_batch=batch["context"].shape[0], peak=max(peak))
+
+
+def _append_results(gen_all, critic_all, per_step, global_batch, peak):
+  """One JSON line: the per-step time is the table's (one critic update + 1/5 of a generator update), each
+  step takes the global batch; the peak is the end's, the most of the mesh's devices (0 on the CPU)."""
+  data, fsdp = dmd_full_size.mesh_shape()
+  line = dict(bench="dmd_step", device_kind=jax.devices()[0].device_kind, devices=data * fsdp, mesh_data=data,
+              mesh_fsdp=fsdp, global_batch=global_batch, setting=settings(), generator_s=float(np.mean(gen_all)),
+              critic_s=float(np.mean(critic_all)), generator_updates=len(gen_all), critic_updates=len(critic_all),
+              per_step_s=float(per_step), samples_per_s=global_batch / per_step,
+              samples_per_s_per_device=global_batch / per_step / (data * fsdp), peak_gib_per_device_max=peak)
+  with open(FLAGS.results_jsonl, "a") as f:
+    f.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training cost at full size with random weights: the ODE-init step and ODE-pair generation.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_train_step [--remat=none,full,dots_saveable] [--iters=5]
-      [--mesh=1x1] [--pairs]
+      [--mesh=1x1] [--pairs] [--results_jsonl=PATH]
 
 Rows, each measured in a subprocess of its own (a fresh peak-memory counter; an out-of-memory row
 does not stop the others):
@@ -12,7 +12,8 @@ does not stop the others):
   * ode pairs (--pairs): make_ode_pairs' teacher sampler (training/teacher.py), 48 Euler steps with
     x0-space CFG (cond and uncond batched: 96 forwards of 32,760 tokens), 1.3B teacher, 1 prompt per
     device: seconds per prompt.
-The table is printed last.
+The table is printed last; --results_jsonl=PATH also appends each ode_init row to PATH as one JSON line
+(benchmarks/bench_scaling.py sweeps meshes with it).
 """
 from __future__ import annotations
 
@@ -33,9 +34,17 @@ flags.DEFINE_integer("frames", 21, "Latent frames")
 flags.DEFINE_string("preset", "wan_1_3b", "Generator / teacher architecture")
 flags.DEFINE_list("latent_hw", ["60", "104"], "Latent height, width (832x480 video: 60,104)")
 flags.DEFINE_boolean("pairs", True, "Also time ODE-pair generation")
+flags.DEFINE_string("results_jsonl", None, "Append each ode_init row's numbers to this file as one JSON line")
 flags.DEFINE_string("row", None, "Internal: run one row (JSON) in this process and print its result")
 
 TEXT_LEN = 512
+
+
+def ode_settings(remat: str) -> dict:
+  """What an ode_init row times besides its mesh and the number of timed steps: its results line's "setting",
+  by which bench_scaling.py knows a mesh it has run and which rows it compares."""
+  return dict(preset=FLAGS.preset, remat=remat, frames=FLAGS.frames, latent_hw=[int(x) for x in FLAGS.latent_hw],
+              text_len=TEXT_LEN)
 
 
 def _model_cfg(remat: str):
@@ -99,7 +108,7 @@ def ode_step_row(remat: str, mesh_text: str) -> dict:
     times.append(time.perf_counter() - t0)
   return dict(row=f"ode_init step remat={remat} mesh={data}x{fsdp}", devices=n, ms=1e3 * float(np.median(times)),
               samples_per_s=n / float(np.median(times)), peak_gib=_peak_gib(), first_call_s=compile_s,
-              loss=float(m["loss"]))
+              loss=float(m["loss"]), device_kind=jax.devices()[0].device_kind, mesh_data=data, mesh_fsdp=fsdp)
 
 
 def ode_pairs_row() -> dict:
@@ -160,6 +169,8 @@ def main(argv):
     r = run_row(spec)
     print(json.dumps(r), flush=True)
     results.append(r)
+    if FLAGS.results_jsonl and spec["kind"] == "ode" and "error" not in r:
+      _append_results(spec["remat"], r)
   print(f"\n{'row':48s} {'devices':>7s} {'ms':>9s} {'samples/s':>9s} {'peak GiB':>9s} {'first call s':>12s}")
   for r in results:
     if "error" in r:
@@ -167,6 +178,17 @@ def main(argv):
       continue
     sps = r.get("samples_per_s", 1.0 / r["s_per_prompt"] if "s_per_prompt" in r else 0.0)
     print(f"{r['row']:48s} {r['devices']:7d} {r['ms']:9.1f} {sps:9.3f} {r['peak_gib']:9.2f} {r['first_call_s']:12.1f}")
+
+
+def _append_results(remat: str, r: dict) -> None:
+  """One JSON line for an ode_init row: the median step takes the global batch (1 per device)."""
+  n = r["devices"]
+  line = dict(bench="ode_init_step", device_kind=r["device_kind"], devices=n, mesh_data=r["mesh_data"],
+              mesh_fsdp=r["mesh_fsdp"], global_batch=n, setting=ode_settings(remat), per_step_s=r["ms"] / 1e3,
+              steps=FLAGS.iters, samples_per_s=r["samples_per_s"], samples_per_s_per_device=r["samples_per_s"] / n,
+              peak_gib_per_device_max=r["peak_gib"])
+  with open(FLAGS.results_jsonl, "a") as f:
+    f.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":
