@@ -160,7 +160,7 @@ def make_generator(model, params, stream, codec, codec_params, embed):
 
 def evaluate(rows: dict, world, videos: dict) -> dict:
   """Row name -> task -> results (None: the task does not apply to that generator). videos: row name ->
-  prompt following's [(caption, video)], filled here."""
+  prompt following's [(caption, video)], filled here when --videos_npz asks for them."""
   from hybrid_forcing_jax.world import eval_tasks
   from hybrid_forcing_jax.world.eval_generators import TeacherGenerator
   common = dict(num_videos=FLAGS.num_videos, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
@@ -174,8 +174,8 @@ def evaluate(rows: dict, world, videos: dict) -> dict:
         out = None if isinstance(generate, TeacherGenerator) else eval_tasks.long_horizon(
             generate, world, seconds=FLAGS.horizon_seconds, **common)
       elif task == "prompt_following":
-        out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split,
-                                          keep=videos.setdefault(name, []), **common)
+        keep = videos.setdefault(name, []) if FLAGS.videos_npz else None   # held only to be written
+        out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split, keep=keep, **common)
       else:
         out = getattr(eval_tasks, task)(generate, world, **common)
       results[name][task] = out
