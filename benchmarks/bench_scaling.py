@@ -39,6 +39,7 @@ import time
 
 from absl import flags
 
+from benchmarks.failures import failure_line
 from hybrid_forcing_jax import cli
 
 FLAGS = flags.FLAGS
@@ -107,25 +108,17 @@ def _probe(module: str, settings: str, args: list[str]) -> dict:
   done = subprocess.run([sys.executable, "-c", PROBE.format(module=module, settings=settings), *args], cwd=REPO,
                         capture_output=True, text=True, env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
   if done.returncode != 0:
-    raise cli.BadInput(f"flags after -- ({' '.join(args)}): {_last_line(done.stderr, done.returncode)}")
+    raise cli.BadInput(f"flags after -- ({' '.join(args)}): {failure_line(done.stderr, done.returncode)}")
   return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _last_line(text: str, returncode: int) -> str:
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  return lines[-1] if lines else f"exit status {returncode} without a results line"
 
 
 def _failure(done: subprocess.CompletedProcess) -> str:
   """One line for a run that left no results line."""
-  text = done.stdout + done.stderr
-  if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
-    return "out of memory"
   # bench_train_step catches its rows' errors, prints each as a JSON line on stdout and exits 0.
   for line in reversed(done.stdout.splitlines()):
     if line.startswith("{") and '"error"' in line:
       return json.loads(line)["error"]
-  return _last_line(done.stderr, done.returncode)
+  return failure_line(done.stdout + done.stderr, done.returncode)
 
 
 def sweep(bench_args: list[str]) -> None:
@@ -161,7 +154,7 @@ def sweep(bench_args: list[str]) -> None:
     last_run_s = time.perf_counter() - t0
     print(done.stdout, end="", flush=True)
     if done.returncode == cli.EXIT_BAD_INPUT:
-      raise cli.BadInput(f"mesh {name}: {_last_line(done.stderr, done.returncode)}")
+      raise cli.BadInput(f"mesh {name}: {failure_line(done.stderr, done.returncode)}")
     failed = [s for s in todo if not _holds(_read(path), FLAGS.bench, machine["device_kind"], data, fsdp, s)]
     for setting in failed:
       _append(path, dict(bench=FLAGS.bench, device_kind=machine["device_kind"], devices=n, mesh_data=data,

@@ -26,6 +26,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.failures import failure_line
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("remat", ["full", "dots_saveable", "none"], "Remat policies of the ODE-init rows")
 flags.DEFINE_list("mesh", ["1x1"], "Meshes 'DATAxFSDP' of the ODE-init rows (-1 = all devices)")
@@ -149,9 +151,7 @@ def run_row(spec: dict) -> dict:
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[len("RESULT "):])
-  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-  oom = any("RESOURCE_EXHAUSTED" in l or "out of memory" in l.lower() for l in (proc.stderr or "").splitlines())
-  return dict(row=spec, error="out of memory" if oom else " | ".join(tail))
+  return dict(row=spec, error=failure_line(proc.stderr or proc.stdout, proc.returncode))
 
 
 def main(argv):
