@@ -22,7 +22,8 @@ from hybrid_forcing_jax.world.dataset import world_example
 from hybrid_forcing_jax.training import guidance
 from hybrid_forcing_jax.training.teacher import euler_trajectory
 from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator
-from hybrid_forcing_jax.world.eval_metrics import colour_histogram, histogram_distance
+from hybrid_forcing_jax.world.detect import detect
+from hybrid_forcing_jax.world.eval_metrics import colour_histogram, histogram_distance, motion_score
 from hybrid_forcing_jax.world.scene import WorldConfig
 from hybrid_forcing_jax.world.text import world_text_encoder
 from tests.world_fixtures import save_world_model, world_dit_config
@@ -37,6 +38,7 @@ def test_ground_truth_scores_one_everywhere():
   common = dict(seed=3, batch_size=5)
   for split in ("heldout", "train"):
     following = eval_tasks.prompt_following(truth, world, num_videos=12, split=split, **common)
+    assert following.pop("motion") > 0.9   # not 1: a leaving object's visible part moves slower at the border
     assert following == {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "split": split, "videos": 12}
   horizon = eval_tasks.long_horizon(truth, world, seconds=20, num_videos=4, **common)
   assert horizon["object"] == [1.0] * 4 and max(horizon["drift"]) < 0.01
@@ -181,3 +183,22 @@ def test_cli_evaluates_the_shipped_model():
                       "--horizon_seconds=5")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "Prompt following: held-out captions, 1 videos of 81 frames" in done.stdout and "Long horizon" in done.stdout
+
+
+def _square_video(xs, frames: int = 20, size: int = 12) -> np.ndarray:
+  """A red square on black, its left edge at xs[t] pixels in frame t, 64x64."""
+  video = np.zeros((frames, 64, 64, 3), np.uint8)
+  for t in range(frames):
+    x = int(round(xs[t]))
+    video[t, 26:26 + size, x:x + size] = (220, 40, 40)
+  return video
+
+
+def test_motion_score_passes_world_motion_and_fails_still_and_jumping_objects():
+  world = WorldConfig()   # 64x64: speeds 0.77-1.92 px a frame on the main axis
+  t = np.arange(20)
+  assert motion_score(detect(_square_video(10 + 1.0 * t)), world) == 1.0   # one pixel a frame
+  assert motion_score(detect(_square_video(np.full(20, 20.0))), world) == 0.0   # standing still
+  # Still for 4 frames, then 4 pixels at once (a latent frame's object that does not move within it).
+  assert motion_score(detect(_square_video(10 + 4.0 * (t // 4))), world) == 0.0
+  assert motion_score(detect(np.zeros((5, 64, 64, 3), np.uint8)), world) is None   # never seen

@@ -29,6 +29,11 @@ LR_SCALE = 25.0
 # student for the next stage) and let DMD's EMA follow its ~100 generator updates (Self-Forcing's 0.99
 # from step 200 would still be mostly the starting weights).
 EXPORT_EVERY = {"ode_init": 200, "dmd": 100}
+# The world teacher's CFG when it is sampled (ODE pairs, evaluate_world --teacher): Wan's 6 is too strong for
+# this small model, whose samples at 6 are covered in saturated stray blocks (docs/world.md, "Teacher4 and the
+# teacher's CFG"); 3 keeps the caption's colour (1.0 on 16 videos) with few stray blocks, as DMD's real score is
+# guided at about that scale.
+TEACHER_CFG = 3.0
 DMD_EMA = dict(ema_decay=0.95, ema_start=0)
 
 
@@ -87,7 +92,7 @@ def apply_world(c: ml_collections.ConfigDict, variant: str, *, model: str) -> No
   frames, hw = latent_geometry(world(variant))
   c.data.update(dict(prompts=f"{DATA}/prompts.txt", num_frames=frames, latent_hw=hw))
   if "ode_pairs" in c:
-    c.ode_pairs.output_dir = f"{DATA}/ode_pairs"
+    c.ode_pairs.update(dict(output_dir=f"{DATA}/ode_pairs", guidance=TEACHER_CFG))
   if "dmd" in c:
     c.dmd.vae = f"{DATA}/codec"
   if variant != "tiny":

@@ -7,12 +7,17 @@ score is in [0, 1]; on the ground-truth video the correctness scores are 1 (test
                   histogram and the first window's (0: the same colours in the same amounts).
   return_scores   the long-memory return: the object is back in frames [start, stop), and with the
                   colour it had before it left (which the caption never says).
+  motion_score    the share of frame-to-frame steps of the object's centroid that a world object could
+                  make: between half the slowest and 1.5x the fastest speed of the world. An object that
+                  stands still, or jumps, fails it; world videos score 0.99 on average (0.70 at worst,
+                  scenes that leave the picture, where the visible part's centroid moves slower).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from hybrid_forcing_jax.world.detect import Detection
+from hybrid_forcing_jax.world.scene import WorldConfig
 
 HISTOGRAM_BINS = 8   # per channel: 512 joint bins; every palette colour and background falls in its own
 
@@ -49,3 +54,17 @@ def window_scores(video: np.ndarray, detection: Detection, colour: str, window: 
 def return_scores(detection: Detection, colour: str, start: int, stop: int) -> dict[str, float]:
   back = detection.colour_between(start, stop)
   return {"colour": float(back == colour), "back": float(back is not None)}
+
+
+def motion_score(detection: Detection, world: WorldConfig) -> float | None:
+  """The share of consecutive frames (the object seen in both) whose centroid step, in pixels, lies in
+  [0.5 v_min, 1.5 v_max]: v the world's speed range per frame (`speed` of the picture's side on the main
+  axis, up to `cross_speed` times that across). None when the object is never seen in two frames in a row."""
+  side = min(world.height, world.width)
+  low = 0.5 * world.speed[0] * side
+  high = 1.5 * world.speed[1] * side * float(np.hypot(1.0, world.cross_speed))
+  both = detection.present[1:] & detection.present[:-1]
+  if not both.any():
+    return None
+  steps = np.linalg.norm(np.diff(detection.centroids, axis=0), axis=-1)[both]
+  return float(np.mean((steps >= low) & (steps <= high)))

@@ -4,6 +4,8 @@ batches and averages world/eval_metrics.py's scores. The protocols (docs/world.m
 
   prompt_following  split `heldout` (colour-shape-direction combinations training never rendered),
                     every caption saying colour, shape and direction; videos of the training length.
+                    Also `motion` (eval_metrics.motion_score), averaged over the videos where the object
+                    is seen in two frames in a row: whether what moves moves like a world object.
   long_horizon      split `train`, bouncing scenes only (the object never leaves the picture, so it
                     must be there in every window) with full captions; `seconds` of video, scored per
                     5-second window.
@@ -24,7 +26,7 @@ import numpy as np
 from hybrid_forcing_jax.world import grammar
 from hybrid_forcing_jax.world.dataset import world_example
 from hybrid_forcing_jax.world.detect import detect
-from hybrid_forcing_jax.world.eval_metrics import prompt_scores, return_scores, window_scores
+from hybrid_forcing_jax.world.eval_metrics import motion_score, prompt_scores, return_scores, window_scores
 from hybrid_forcing_jax.world.scene import WorldConfig
 
 WINDOW_SECONDS = 5
@@ -41,8 +43,13 @@ def _key(seed: int, task: str, batch: int):
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), TASKS.index(task)), batch)
 
 
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+def _mean(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
+  """Per key, the mean over the rows that have a value (None: a video where it cannot be measured)."""
+  out = {}
+  for k in rows[0]:
+    values = [r[k] for r in rows if r[k] is not None]
+    out[k] = float(np.mean(values)) if values else None
+  return out
 
 
 PROMPT_SPLITS = ("heldout", "train")
@@ -59,7 +66,9 @@ def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int
   rows = []
   for batch, examples in _batches(world, split, num_videos, seed, batch_size):
     videos = generate(examples, world.num_frames, _key(seed, "prompt_following", batch))
-    rows += [prompt_scores(detect(v), e) for v, e in zip(videos, examples)]
+    for v, e in zip(videos, examples):
+      detection = detect(v)
+      rows.append({**prompt_scores(detection, e), "motion": motion_score(detection, world)})
     if keep is not None:
       keep += [(e["caption"], np.asarray(v)) for v, e in zip(videos, examples)]
   return {**_mean(rows), "split": split, "videos": len(rows)}
