@@ -107,16 +107,18 @@ def model_folders(root: str) -> dict[str, str]:
 
 
 def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,
-                     attention_backend: str = "auto", text_weights_on_host: bool | None = None) -> StreamingPipeline:
+                     attention_backend: str = "auto", text_weights_on_host: bool | None = None,
+                     vae_frames_per_call: int | None = None) -> StreamingPipeline:
   """Converted checkpoint folders (python -m convert) and a local umT5 tokenizer folder; or the world's
   model: its DiT, its pixel-codec folder as `vae` (latent_codec.py) and its text folders (world/text.py).
   Activations in bfloat16 on every device: it is what the models are trained in, and XLA's CPU runs the
   world student (9.1M parameters, 64x64, hybrid stream) as fast in it as in float32 (2-core CPU: 1.68 s a
   chunk either way, also with XLA held to AVX2, i.e. without the CPU's bf16 instructions).
   text_weights_on_host: the text encoder's weights in host memory between prompts (text_encoder.py's
-  HostResidentEncoder); None: text_encoder.weights_on_host_by_default (a big encoder on a GPU or TPU)."""
+  HostResidentEncoder); None: text_encoder.weights_on_host_by_default (a big encoder on a GPU or TPU).
+  vae_frames_per_call: latent frames per VAE decode call (latent_codec.load_latent_codec; None: a chunk)."""
   dit_config, dit_params = load_checkpoint(dit, "wan_dit")
-  codec, codec_params = load_latent_codec(vae)
+  codec, codec_params = load_latent_codec(vae, decode_frames_per_call=vae_frames_per_call)
   words = load_tokenizer(tokenizer)
   # Prompts are padded to the length the DiT was trained with (padding rows reach its cross-attention):
   # Wan's 512, the world's 32.

@@ -129,6 +129,7 @@ def _frames_in(path) -> int:
     (["--output=video.avi"], "'video.avi' must end in .mp4"),
     (["--output=/proc/x.mp4"], "'/proc/x.mp4' cannot be written"),
     (["--dit=/nonexistent"], "missing ['--vae', '--text_encoder', '--tokenizer']"),
+    (["--vae_frames_per_call=0"], "--vae_frames_per_call=0 must be >= 1"),
     (["--prompt_schedule=5:late start"], "times must start at 0"),
     (["--config=/nonexistent/hybrid.py"], "sample: error: --config=/nonexistent/hybrid.py: no such file"),
     (["--config.stream.windw_frames=9"], "--config.stream.windw_frames: the config has no key 'windw_frames'"),

@@ -79,6 +79,17 @@ def test_bad_video_length(setup):
     vae.encode(params, jnp.zeros((1, 5, 12, 24, 3)))
 
 
+def test_codec_folder_loads_with_frames_per_call(setup, tmp_path):
+  """load_latent_codec's decode_frames_per_call (sample --vae_frames_per_call) reaches the Wan VAE it builds."""
+  from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
+  from hybrid_forcing_jax.latent_codec import load_latent_codec
+  _, params = setup
+  save_checkpoint(str(tmp_path / "vae"), "wan_vae", fx.CONFIG, {k: np.asarray(v) for k, v in flatten(params).items()})
+  default, _ = load_latent_codec(str(tmp_path / "vae"))
+  one, _ = load_latent_codec(str(tmp_path / "vae"), decode_frames_per_call=1)
+  assert default.decode_frames_per_call is None and one.decode_frames_per_call == 1
+
+
 def test_checkpoint_of_another_architecture(tmp_path):
   from tests import dit_fixtures
   dit = dit_fixtures.tiny_diffusers_model(seed=0)
