@@ -1,16 +1,17 @@
 """benchmarks/bench_scaling.py (issue 15's sweep over meshes) on 2 simulated CPU devices in subprocesses
 (XLA_FLAGS=--xla_force_host_platform_device_count=2), tiny presets:
 
-  * dmd_step over 1x1, 1x2 and 4x1: one results line per mesh run, the table with the scaling efficiency
-    against the 1x1 row, 4x1 skipped with a note; the same command again runs nothing; --report_only prints
-    the same table;
-  * ode_init_step: its results line, and no second run once the first's duration would pass --budget_s;
+  * dmd_step over 1x2 and 4x1: its results line and table row, 4x1 skipped with a note; the same command
+    again runs nothing;
+  * ode_init_step over 1x1 and 1x2: no second run once the first's duration would pass --budget_s; the same
+    command again runs only the missing mesh, and the table has the scaling efficiency against the 1x1 row;
+    --report_only prints the same table;
   * a failed run leaves an error line that the table shows and a resume skips;
   * bad flags of the sweep and of the runs end in one line naming them;
   * the sweep's own process starts no backend (on a GPU it would take the memory its runs need).
 
-The DMD runs are phase 1 (the dense stream compiles faster than phase 2's; the sweep is the same). ~2.5 min on the
-2-core dev box, nearly all of it compiling the three runs' steps.
+The DMD run is phase 1 (the dense stream compiles faster than phase 2's; the sweep is the same), and only one:
+each takes ~35 s of compiling on the 2-core dev box, an ODE-init run ~8 s.
 """
 from __future__ import annotations
 
@@ -45,53 +46,44 @@ def _table_row(out, mesh):
   return [cell.strip() for cell in re.split(r"(?<!\\)\|", row.group(1))]
 
 
-def test_dmd_sweep_reports_efficiency_and_resumes(tmp_path):
+def test_dmd_sweep_records_its_steps_and_resumes(tmp_path):
   results = str(tmp_path / "scaling.jsonl")
-  first = _sweep("--bench=dmd_step", "--meshes=1x1,1x2,4x1", f"--results_jsonl={results}", bench_args=TINY_DMD)
+  first = _sweep("--bench=dmd_step", "--meshes=1x2,4x1", f"--results_jsonl={results}", bench_args=TINY_DMD)
   assert first.returncode == 0, first.stderr[-3000:]
   out = first.stdout
   assert "mesh 4x1: needs 4 devices, this machine has 2; skipped" in out
-  lines = _lines(results)
-  assert [(l["mesh_data"], l["mesh_fsdp"], l["devices"], l["global_batch"]) for l in lines] == [(1, 1, 1, 1),
-                                                                                                 (1, 2, 2, 2)]
-  for l in lines:
-    assert l["bench"] == "dmd_step" and l["device_kind"] == "cpu"
-    assert l["setting"] == dict(phase=1, preset="tiny", teacher_preset="tiny", remat="none", critic_remat="none",
-                                latent_hw=[8, 8], text_len=16)
-    assert l["generator_updates"] == l["critic_updates"] == 1
-    # The bench's own per-step formula, and one step takes the global batch.
-    assert abs(l["per_step_s"] - (l["critic_s"] + l["generator_s"] / 5)) < 1e-9
-    assert abs(l["samples_per_s"] - l["global_batch"] / l["per_step_s"]) < 1e-6
-    assert abs(l["samples_per_s_per_device"] - l["samples_per_s"] / l["devices"]) < 1e-6
-    assert l["peak_gib_per_device_max"] == 0.0   # the CPU keeps no memory statistics
-  # The bench's human table is still printed (the runs' output is passed on).
+  [line] = _lines(results)
+  assert (line["mesh_data"], line["mesh_fsdp"], line["devices"], line["global_batch"]) == (1, 2, 2, 2)
+  assert line["bench"] == "dmd_step" and line["device_kind"] == "cpu"
+  assert line["setting"] == dict(phase=1, preset="tiny", teacher_preset="tiny", remat="none", critic_remat="none",
+                                 latent_hw=[8, 8], text_len=16)
+  assert line["generator_updates"] == line["critic_updates"] == 1
+  # The bench's own per-step formula, and one step takes the global batch.
+  assert abs(line["per_step_s"] - (line["critic_s"] + line["generator_s"] / 5)) < 1e-9
+  assert abs(line["samples_per_s"] - line["global_batch"] / line["per_step_s"]) < 1e-6
+  assert abs(line["samples_per_s_per_device"] - line["samples_per_s"] / line["devices"]) < 1e-6
+  assert line["peak_gib_per_device_max"] == 0.0   # the CPU keeps no memory statistics
+  # The bench's human table is still printed (the runs' output is passed on), then the sweep's.
   assert re.search(r"^per step \(one critic update \+ 1/5 of a generator update\): ", out, re.M)
-
   assert "dmd_step on cpu: phase 1, preset tiny, teacher_preset tiny, remat none, critic_remat none" in out
   assert re.search(r"^\| mesh \(data x fsdp\) \| devices \| generator s \| critic s \| per step s \| samples/s \| "
                    r"samples/s per device \| scaling efficiency \| peak GiB per device \|$", out, re.M)
-  one, two = _table_row(out, "1x1"), _table_row(out, "1x2")
-  assert one[0] == "1" and one[6] == "100%" and one[7] == "0.00", one
-  efficiency = lines[1]["samples_per_s_per_device"] / lines[0]["samples_per_s_per_device"]
-  assert two[0] == "2" and two[6] == f"{efficiency:.0%}" and two[3] == f"{lines[1]['per_step_s']:.3f}", two
-  assert "fastest on 1 device: 1x1" in out and "fastest on 2 devices: 1x2" in out
-  table = out[out.index("dmd_step on cpu"):]
+  row = _table_row(out, "1x2")
+  assert row[0] == "2" and row[1] == f"{line['generator_s']:.3f}" and row[3] == f"{line['per_step_s']:.3f}", row
+  assert row[6] == "-", row   # no 1x1 row to compare with
 
-  again = _sweep("--bench=dmd_step", "--meshes=1x1,1x2,4x1", f"--results_jsonl={results}", bench_args=TINY_DMD)
+  again = _sweep("--bench=dmd_step", "--meshes=1x2,4x1", f"--results_jsonl={results}", bench_args=TINY_DMD)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "running" not in again.stdout and len(_lines(results)) == 2
-  assert f"mesh 1x1: in {results} already" in again.stdout and f"mesh 1x2: in {results} already" in again.stdout
-
-  report = _sweep("--report_only", f"--results_jsonl={results}", timeout=60)
-  assert report.returncode == 0, report.stderr[-3000:]
-  assert report.stdout.strip() == table.strip()
+  assert "running" not in again.stdout and len(_lines(results)) == 1
+  assert f"mesh 1x2: in {results} already" in again.stdout
 
 
-def test_ode_sweep_stops_at_the_budget(tmp_path):
-  """The first run always starts; the second would carry the sweep past --budget_s=1 and does not."""
+def test_ode_sweep_stops_at_the_budget_resumes_and_reports_efficiency(tmp_path):
+  """The first run always starts; the second would carry the sweep past --budget_s=1 and does not; the same
+  command without the budget runs only what is missing, and the table compares it with the 1x1 row."""
   results = str(tmp_path / "scaling.jsonl")
-  done = _sweep("--bench=ode_init_step", "--meshes=1x1,1x2", f"--results_jsonl={results}", "--budget_s=1",
-                bench_args=TINY_ODE)
+  args = ("--bench=ode_init_step", "--meshes=1x1,1x2", f"--results_jsonl={results}")
+  done = _sweep(*args, "--budget_s=1", bench_args=TINY_ODE)
   assert done.returncode == 0, done.stderr[-3000:]
   assert re.search(r"^mesh 1x2 and after: not started \(\d+ s spent \+ \d+ s of the last run > --budget_s=1\); "
                    r"the same command again continues$", done.stdout, re.M), done.stdout
@@ -103,6 +95,22 @@ def test_ode_sweep_stops_at_the_budget(tmp_path):
   row = _table_row(done.stdout, "1x1")
   assert row[1] == row[2] == "-" and row[6] == "100%", row   # no generator and critic updates in ODE init
   assert "ode pairs" not in done.stdout   # --pairs=false: the pairs row is no mesh's
+
+  rest = _sweep(*args, bench_args=TINY_ODE)
+  assert rest.returncode == 0, rest.stderr[-3000:]
+  assert f"mesh 1x1: in {results} already" in rest.stdout
+  lines = _lines(results)
+  assert [(l["mesh_data"], l["mesh_fsdp"]) for l in lines] == [(1, 1), (1, 2)]
+  out = rest.stdout
+  one, two = _table_row(out, "1x1"), _table_row(out, "1x2")
+  assert one[0] == "1" and one[6] == "100%" and one[7] == "0.00", one
+  efficiency = lines[1]["samples_per_s_per_device"] / lines[0]["samples_per_s_per_device"]
+  assert two[0] == "2" and two[6] == f"{efficiency:.0%}" and two[3] == f"{lines[1]['per_step_s']:.3f}", two
+  assert "fastest on 1 device: 1x1" in out and "fastest on 2 devices: 1x2" in out
+  table = out[out.index("ode_init_step on cpu"):]
+  report = _sweep("--report_only", f"--results_jsonl={results}", timeout=60)
+  assert report.returncode == 0, report.stderr[-3000:]
+  assert report.stdout.strip() == table.strip()
 
 
 def test_a_failed_run_is_recorded_and_not_retried(tmp_path):
