@@ -3,7 +3,7 @@ on 2 simulated CPU devices in subprocesses (XLA_FLAGS=--xla_force_host_platform_
 
   * the benchmark runs on --mesh=1,2 with tiny presets, prints its table, and the teacher's largest weight
     is held half on each device (the only tiny-sized preset is "tiny", so the teacher's preset is the
-    generator's, passed through --teacher_preset);
+    generator's, passed through --teacher_preset); --results_jsonl writes the run's line for bench_scaling.py;
   * the 14B teacher's init program, as dmd_full_size.build jits it, makes only half the teacher on each
     device and never the whole (XLA's memory analysis of the compiled program; nothing is allocated);
   * bench_dmd_breakdown, which stays on one device, refuses --mesh other than 1,1, naming the flag.
@@ -45,10 +45,24 @@ def _run(args, timeout=300):
   return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
 
 
-def test_bench_dmd_step_runs_on_two_devices_with_the_teacher_split():
+def test_bench_dmd_step_runs_on_two_devices_with_the_teacher_split(tmp_path):
+  results = tmp_path / "dmd.jsonl"
   done = _run(["-m", "benchmarks.bench_dmd_step", "--preset=tiny", "--teacher_preset=tiny", "--latent_hw=8,8",
-               "--text_len=16", "--remat=none", "--mesh=1,2", "--generator_steps=1", "--critic_steps=1"])
+               "--text_len=16", "--remat=none", "--mesh=1,2", "--generator_steps=1", "--critic_steps=1",
+               f"--results_jsonl={results}"])
   assert done.returncode == 0, done.stderr[-3000:]
+  # --results_jsonl (what bench_scaling.py sweeps with): one line, the table's numbers and the per-step formula.
+  [line] = [json.loads(l) for l in results.read_text().splitlines()]
+  assert line["bench"] == "dmd_step" and line["device_kind"] == "cpu"
+  assert (line["mesh_data"], line["mesh_fsdp"], line["devices"], line["global_batch"]) == (1, 2, 2, 2)
+  assert line["setting"] == dict(phase=2, preset="tiny", teacher_preset="tiny", remat="none", critic_remat="none",
+                                 latent_hw=[8, 8], text_len=16)
+  assert line["generator_updates"] == line["critic_updates"] == 1
+  assert abs(line["per_step_s"] - (line["critic_s"] + line["generator_s"] / 5)) < 1e-9
+  assert abs(line["samples_per_s"] - line["global_batch"] / line["per_step_s"]) < 1e-6
+  assert abs(line["samples_per_s_per_device"] - line["samples_per_s"] / line["devices"]) < 1e-6
+  assert line["peak_gib_per_device_max"] == 0.0   # the CPU keeps no memory statistics
+  assert f"per step (one critic update + 1/5 of a generator update): {line['per_step_s']:.3f} s" in done.stdout
   out = done.stdout
   assert "(mesh data 1 x fsdp 2, batch 2 = 1 per device), generator and critic tiny, teacher tiny" in out
   assert re.search(r"^generator +all +1 ", out, re.M) and re.search(r"^critic +all +1 ", out, re.M), out
