@@ -17,7 +17,9 @@ Peak GPU memory with each, over a 60-chunk stream, in one call (issue 14):
 Each setting and weights' place runs in its own process (clean peak-memory counter) and prints one JSON line:
   compile_s        the warm-up stream (every executable compiled; one serves the whole video)
   first_frame_s    a new prompt given -> its first frames on the host: prompt encoding, cross-attention
-                   K/V, 4 denoising forwards and the VAE decode of the first chunk (after compilation)
+                   K/V, 4 denoising forwards and the VAE decode of the first chunk (after compilation);
+                   with --vae_frames_per_call=1 only the chunk's first latent frame is decoded by then
+  first_frames     how many frames that was (9, or 1 with --vae_frames_per_call=1)
   chunk_ms_*       steady state (window full): time between consecutive chunks reaching the host
   fps              video frames / wall time over the steady chunks (12 frames per chunk)
   dit_ms, vae_ms   the parts alone: DiT denoise + cache write per chunk; VAE decode of a 12-frame chunk
@@ -100,22 +102,27 @@ def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int
 
 
 def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw, mp4: str | None = None):
-  """(seconds since the prompt was given, frames) as each chunk's frames reach the host; with `mp4`,
-  each chunk is also appended to that file as `python -m hybrid_forcing_jax.sample` does."""
+  """-> (first, chunks): `first` = (seconds since the prompt was given, frames) when the first frames reach
+  the host (the first piece of the first chunk when the VAE decodes in pieces); `chunks` = the same for each
+  chunk's last frames, with the chunk's frame count. With `mp4`, each piece is also appended to that file
+  as `python -m hybrid_forcing_jax.sample` does, and a last (seconds, 0) stamp marks the file complete."""
   writer = None
   if mp4:
     from hybrid_forcing_jax.video_writer import Mp4Writer
     writer = Mp4Writer(mp4, hw[1], hw[0], fps=16, overwrite=True)   # a scratch file, one per setting
   t0 = time.perf_counter()
-  stamps = []
-  for _, frames in pipe.frames([(0, prompt)], height=hw[0], width=hw[1], seed=0, num_chunks=num_chunks):
+  first, chunks = None, {}
+  for index, frames in pipe.frames([(0, prompt)], height=hw[0], width=hw[1], seed=0, num_chunks=num_chunks):
     if writer:
       writer.append(frames)
-    stamps.append((time.perf_counter() - t0, len(frames)))
+    now = time.perf_counter() - t0
+    first = first or (now, len(frames))
+    chunks[index] = (now, chunks.get(index, (0.0, 0))[1] + len(frames))
+  stamps = list(chunks.values())
   if writer:
     writer.close()
     stamps.append((time.perf_counter() - t0, 0))   # every frame encoded and in the file
-  return stamps
+  return first, stamps
 
 
 def steady_fps(stamps, warm: int) -> float:
@@ -181,7 +188,11 @@ def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
   state = lap("prompt_kv_and_state", start(pipe.dit, pipe.dit_params, pipe.stream, ctx, jax.random.key(4),
                                            (hw[0] // sf, hw[1] // sf)))
   clean = lap("denoise_4_steps", denoise(pipe.dit_params, state))
-  video, _ = lap("vae_decode_9_frames", pipe.vae.decode_chunk(pipe.vae_params, clean.astype(pipe.vae.options.dtype)))
+  # The first piece the pipeline decodes: the whole chunk (9 frames), or its first latent frame (1 frame).
+  per_piece = getattr(pipe.vae, "decode_frames_per_call", None) or pipe.stream.chunk_frames
+  frames = 1 + pipe.vae.config.temporal_factor * (per_piece - 1)
+  video, _ = lap(f"vae_decode_{frames}_frames",
+                 pipe.vae.decode_chunk(pipe.vae_params, clean[:, :per_piece].astype(pipe.vae.options.dtype)))
   lap("to_host", np.asarray(to_uint8(video)))
   return parts
 
@@ -209,13 +220,13 @@ def run_setting(name: str, text_encoder_weights: str, args):
   stream_stamps(pipe, "compile everything", warm + 1, hw)
   compile_s = time.perf_counter() - t0
   peaks = {warm + 1: device_gib()}
-  stamps = stream_stamps(pipe, "a red fox running through fresh snow", warm + args.chunks, hw)
+  first, stamps = stream_stamps(pipe, "a red fox running through fresh snow", warm + args.chunks, hw)
   peaks[warm + args.chunks] = device_gib()
   steady = stamps[warm:]
   gaps = [(b[0] - a[0]) * 1e3 for a, b in zip(steady, steady[1:])]
   mp4_fps = None
   if args.mp4:
-    mp4_fps = round(steady_fps(stream_stamps(pipe, "a fox, to a file", warm + args.chunks, hw, args.mp4), warm), 2)
+    mp4_fps = round(steady_fps(stream_stamps(pipe, "a fox, to a file", warm + args.chunks, hw, args.mp4)[1], warm), 2)
   dit_ms, vae_ms, finite = parts_ms(pipe, hw, warm)
   first_parts = first_frame_parts_ms(pipe, hw)
   print(json.dumps(dict(
@@ -223,7 +234,7 @@ def run_setting(name: str, text_encoder_weights: str, args):
       device=str(jax.devices()[0].device_kind),
       tiny=args.tiny, size=f"{hw[1]}x{hw[0]}",
       sparse_backend=cfg.sparse_backend if cfg.sparse_ratio else None, compile_s=round(compile_s, 1),
-      first_frame_s=round(stamps[0][0], 3), first_frames=stamps[0][1], first_frame_parts_ms=first_parts, steady_chunks=len(gaps),
+      first_frame_s=round(first[0], 3), first_frames=first[1], first_frame_parts_ms=first_parts, steady_chunks=len(gaps),
       chunk_ms_median=round(statistics.median(gaps), 1), chunk_ms_min=round(min(gaps), 1),
       chunk_ms_max=round(max(gaps), 1), fps=round(steady_fps(stamps, warm), 2), fps_with_mp4=mp4_fps,
       dit_ms=round(dit_ms, 1), vae_ms=round(vae_ms, 1),

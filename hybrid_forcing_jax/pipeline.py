@@ -2,7 +2,8 @@
 
 `StreamingPipeline.frames` is a generator: it encodes each prompt once (prompt cache), runs one jitted
 chunk step of the streaming engine, decodes the chunk with the VAE's streaming cache and yields its
-frames (9 for the first chunk, 12 after), so nothing grows with the video's length.
+frames (9 for the first chunk, 12 after; in pieces when the VAE decodes a chunk in pieces), so nothing
+grows with the video's length.
 """
 from __future__ import annotations
 
@@ -50,14 +51,17 @@ class StreamingPipeline:
 
   def frames(self, schedule: Sequence[tuple[int, str]], *, height: int, width: int, seed: int,
              recache: bool = True, num_chunks: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (chunk index, uint8 frames [T, H, W, 3]) for `num_chunks` chunks, or without end.
-    `schedule`: (chunk index, prompt) pairs sorted by chunk, the first at chunk 0; each later entry
+    """Yield (chunk index, uint8 frames [T, H, W, 3]) for `num_chunks` chunks, or without end: once per
+    chunk, or, when the VAE decodes a chunk in pieces (WanVAE's `decode_frames_per_call`), once per piece, in
+    order. `schedule`: (chunk index, prompt) pairs sorted by chunk, the first at chunk 0; each later entry
     switches the prompt before its chunk.
 
     Per chunk the device queue gets denoise -> VAE decode -> cache write: the frames are decoded one
     DiT forward before the cache write ends, and the device works on that write while the host takes
     the frames and queues the next chunk. (Queuing the next chunk too before fetching made the first
-    frame wait for that chunk's denoising: 0.48 s instead of 0.32 s to the first frame on an H100.)"""
+    frame wait for that chunk's denoising: 0.48 s instead of 0.32 s to the first frame on an H100.)
+    The first chunk's first piece reaches the host before anything else is queued: decoded in pieces of
+    one latent frame, the video's first frame waits for one frame's decode, not the chunk's nine."""
     sf = self.vae.config.spatial_factor
     latent_hw = (height // sf, width // sf)
     prompts = PromptEmbeddingCache(self.embed)
@@ -65,6 +69,7 @@ class StreamingPipeline:
     state = sampler.start(self.dit, self.dit_params, self.stream, prompts.get(switches[0])[None],
                           jax.random.key(seed), latent_hw)
     denoise, write = sampler.jitted_phases(self.dit, self.stream)
+    per_piece = getattr(self.vae, "decode_frames_per_call", None) or self.stream.chunk_frames
     vae_cache = None
     chunks = itertools.count() if num_chunks is None else range(num_chunks)
     for index in chunks:
@@ -72,17 +77,22 @@ class StreamingPipeline:
         text_kv = sampler.prompt_kv(self.dit, self.dit_params, prompts.get(switches[index])[None])
         state = sampler.switch_prompt(self.dit, self.dit_params, self.stream, state, text_kv, recache=recache)
       latents = denoise(self.dit_params, state)
-      video, vae_cache = self.vae.decode_chunk(self.vae_params, latents.astype(self.vae.options.dtype), vae_cache)
-      ready = to_uint8(video)
-      ready.copy_to_host_async()
-      if index == 0:
-        # The first frames before the first write is queued: a copy can land behind a write queued
-        # after it (H100, first chunk: frames on the host after 0.265 s instead of 0.307 s). Later
-        # chunks keep the device busy instead: their copy overlaps their write.
-        ready = np.asarray(ready)
+      z = latents.astype(self.vae.options.dtype)
+      pieces = []
+      for start in range(0, z.shape[1], per_piece):
+        video, vae_cache = self.vae.decode_chunk(self.vae_params, z[:, start:start + per_piece], vae_cache)
+        ready = to_uint8(video)
+        ready.copy_to_host_async()
+        if index == 0 and not pieces:
+          # The first frames before anything else is queued: a copy can land behind work queued after
+          # it (H100, first chunk: frames on the host after 0.265 s instead of 0.307 s). Later pieces and
+          # chunks keep the device busy instead: their copies overlap the rest of their chunk.
+          ready = np.asarray(ready)
+        pieces.append(ready)
       if num_chunks is None or index + 1 < num_chunks:   # the last chunk's cache would never be read
         state = write(self.dit_params, state, latents)
-      yield index, np.asarray(ready)
+      for ready in pieces:
+        yield index, np.asarray(ready)
 
 
 @jax.jit

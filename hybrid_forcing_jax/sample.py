@@ -68,7 +68,7 @@ flags.DEFINE_enum("text_encoder_weights", "auto", ["auto", "host", "device"],
                   "or TPU's memory (umT5-XXL on a 24 or 40 GB card), else device")
 flags.DEFINE_integer("vae_frames_per_call", None, "Latent frames the Wan VAE decodes per call (default: a whole "
                      "chunk); 1 lowers peak GPU memory at 832x480 from 13.9 to 9.4 GiB for 6 ms more a chunk (H200, "
-                     "docs/benchmarks.md)")
+                     "docs/benchmarks.md), and frames are written as each latent frame is decoded")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend (auto, xla, cudnn, pallas_triton, pallas_mosaic)")
 flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid_forcing_jax", "xla"),
                     "Persistent XLA compilation cache: later runs with the same model and sizes skip most "
@@ -205,11 +205,14 @@ def generate(pipe, path: str, schedule, total_frames: float, width: int, height:
   first_frame_s, first_frames = None, 0
   bar = tqdm(total=chunks, unit="chunk", desc=os.path.basename(path), dynamic_ncols=True)
   interrupted = False
+  last_index = -1
   try:
+    # One item per chunk, or per piece of a chunk (--vae_frames_per_call): the bar counts chunks.
     for index, frames in pipe.frames(chunk_schedule, height=height, width=width, seed=seed, recache=recache,
                                      num_chunks=chunks):
       cli.check_interrupted()
-      if index in switches:
+      new_chunk, last_index = index != last_index, index
+      if new_chunk and index in switches:
         tqdm.write(f"prompt switch at {pipe.chunk_start_frame(index) / FPS:.2f} s of video: {switches[index]!r}",
                    file=sys.stderr)
       keep = frames[: int(min(len(frames), total_frames - writer.frames))]
@@ -220,7 +223,7 @@ def generate(pipe, path: str, schedule, total_frames: float, width: int, height:
       since_first = time.perf_counter() - start - first_frame_s
       fps = (writer.frames - first_frames) / since_first if since_first > 0 else 0.0
       bar.set_postfix(frames=writer.frames, fps=f"{fps:.1f}")
-      bar.update(1)
+      bar.update(int(new_chunk))
   except KeyboardInterrupt:
     interrupted = True
   finally:

@@ -258,6 +258,38 @@ print(json.dumps(out))
 """
 
 
+def test_pieces_of_one_latent_frame_give_the_same_video_first_frame_first(tiny_wan_model):
+  """vae_frames_per_call=1: the pipeline yields each latent frame's frames as it is decoded (the video's first
+  frame alone first, issue 14's first-frame latency), and they make the same video as whole chunks."""
+  from hybrid_forcing_jax.pipeline import from_checkpoints
+  whole = from_checkpoints(hybrid_stream(), **tiny_wan_model)
+  pieces = from_checkpoints(hybrid_stream(), vae_frames_per_call=1, **tiny_wan_model)
+
+  def items(pipe):
+    return list(pipe.frames([(0, "a blue square bouncing")], height=64, width=64, seed=0, num_chunks=2))
+
+  a, b = items(whole), items(pieces)
+  assert [(i, len(f)) for i, f in a] == [(0, 9), (1, 12)]
+  assert [(i, len(f)) for i, f in b] == [(0, 1), (0, 4), (0, 4), (1, 4), (1, 4), (1, 4)]
+  video_a, video_b = (np.concatenate([f for _, f in x]).astype(int) for x in (a, b))
+  # The same video up to bfloat16 rounding (the VAE runs in bfloat16 here: convolutions over 1 latent frame
+  # round differently from those over 3; in float32 pieces equal one call, tests/test_vae_streaming.py).
+  diff = np.abs(video_a - video_b)
+  assert video_a.shape == video_b.shape and diff.max() <= 16 and diff.mean() < 1.0
+
+
+def test_sample_writes_pieces_and_counts_chunks(tiny_wan_model, tmp_path, capsys):
+  """sample's writer loop on a pipeline that yields pieces: every frame in the MP4, a prompt switch said once."""
+  from hybrid_forcing_jax import sample
+  from hybrid_forcing_jax.pipeline import from_checkpoints
+  pipe = from_checkpoints(hybrid_stream(), vae_frames_per_call=1, **tiny_wan_model)
+  out = tmp_path / "pieces.mp4"
+  summary = sample.generate(pipe, str(out), [(0.0, "a blue square bouncing"), (0.5, "a red circle")], 21, 64, 64)
+  assert summary["frames"] == 21 and not summary["interrupted"]
+  assert imageio.get_reader(str(out)).count_frames() == 21
+  assert capsys.readouterr().err.count("prompt switch at 0.56 s of video: 'a red circle'") == 1
+
+
 def test_memory_stays_flat_over_200_chunks(tmp_path, tiny_wan_model):
   """The process's peak memory after a 200-chunk video (2397 frames, 113 MiB of uint8 pixels at 128x128) is
   that of a 20-chunk one: frames go to the MP4 as they are made and nothing accumulates per chunk."""
