@@ -9,6 +9,8 @@ of 32x32x48 through the pixel codec) with 10% of captions dropped to the empty p
 `world` holds the WorldConfig fields (the videos' distribution; evaluate_world reads it too). The
 export (runs/world/teacher/export/<step>) is the teacher of configs/world/ode_init.py and the rest.
 """
+import dataclasses
+
 import ml_collections
 
 from configs import ode_init
@@ -24,7 +26,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   common.set_dit(c.model, "", "")
   c.text = common.text()
   world = common.world(variant)
-  c.world = world.to_dict()
+  # Tuples stay tuples (not to_dict's JSON lists): ml_collections overrides them from the command line,
+  # e.g. --config.world.long_memory_frames='(4, 8, 16)'.
+  c.world = dataclasses.asdict(world)
   frames, hw = common.latent_geometry(world)
   # 8 threads render and encode the videos (~10 ms each) ahead of the steps.
   c.data = ml_collections.ConfigDict(dict(codec=f"{common.DATA}/codec", num_frames=frames, latent_hw=hw,
