@@ -70,11 +70,26 @@ class BlockInputs:
   view: CacheView | None = None          # stream
   visible: jnp.ndarray | None = None     # block_causal / recache: keys seen by each query group [G]
 
+# The primitives of the attention kernels' forward passes: cuDNN's fused attention and the Pallas kernels
+# (block-sparse Triton and Mosaic GPU). Their outputs (attention output, softmax statistics) are what
+# their backward kernels read.
+ATTENTION_KERNELS = frozenset({"dot_product_attention_fwd", "pallas_call"})
+
+
+def _attention_kernels_saveable(prim, *_, **__) -> bool:
+  return prim.name in ATTENTION_KERNELS
+
+
 # Rematerialisation of each scanned block (what the backward pass keeps from the forward):
 #   none: everything (fastest, most memory); full: only the block's inputs, the block is recomputed;
-#   dots_saveable: the matmul outputs, the cheap elementwise work in between is recomputed.
+#   dots_saveable: the matmul outputs, the cheap elementwise work in between is recomputed (at 1.3B and
+#     21 frames too much: the FFN's hidden layer alone is 32.8 GiB, docs/benchmarks.md);
+#   attention_saveable: the attention kernels' outputs only (~0.1 GiB a layer at 832x480, 21 frames): the
+#     backward recomputes the projections, norms and FFN, not the attention, most of a long sequence's
+#     FLOPs. With the XLA attention (CPU) there is no kernel to keep: the same as full.
 REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
-                  "dots_saveable": jax.checkpoint_policies.dots_saveable}
+                  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+                  "attention_saveable": _attention_kernels_saveable}
 
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:

@@ -2,6 +2,8 @@
 in every attention layout (float32, tiny model)."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,31 @@ def test_unknown_remat_policy_is_named():
   bad = WanDiT(model.config, dtype=jnp.float32, param_dtype=jnp.float32, attention_backend="xla", remat="yes")
   with pytest.raises(ValueError, match="remat must be one of .* got 'yes'"):
     bad.apply({"params": params}, x, t, ctx)
+
+
+def test_attention_saveable_keeps_the_attention_kernels_forward():
+  """remat 'attention_saveable' on the stream's block-sparse Pallas kernel (Triton, interpret mode on the CPU):
+  the gradients of the plain forward, and the backward reruns no forward kernel (full remat reruns one per
+  layer's recomputed block)."""
+  base, params = tiny_model(seed=1)
+  config = dataclasses.replace(base.config, num_heads=3)   # head_dim 16: the Triton kernel's power of 2
+  stream = dataclasses.replace(STREAM, sparse_ratio=0.5, sparse_backend="pallas_triton")
+  model = WanDiT(config, dtype=base.dtype, param_dtype=base.param_dtype, attention_backend=base.attention_backend)
+  state = start(model, params, stream, context(model, seed=3, batch=2), jax.random.key(0), LATENT_HW)
+  state = jax.jit(lambda p, s: rollout(model, p, stream, s, 3)[0])(params, state)
+  x = jax.random.normal(jax.random.key(5), (2, 1) + LATENT_HW + (config.in_dim,))
+
+  def grad_of(policy):
+    remat_model = WanDiT(config, dtype=base.dtype, param_dtype=base.param_dtype,
+                         attention_backend=base.attention_backend, remat=policy)
+
+    def loss(p):
+      vel, _ = stream_forward(remat_model, p, stream, state, x, 500.0)
+      return jnp.sum(vel * jnp.cos(jnp.arange(vel.size).reshape(vel.shape)))
+    kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call[")
+    return jax.jit(jax.grad(loss))(params), kernels
+
+  (want, plain), (full, recomputed), (got, kept) = (grad_of(p) for p in ("none", "full", "attention_saveable"))
+  assert kept == plain < recomputed, (plain, recomputed, kept)
+  for g in (full, got):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, want)

@@ -30,7 +30,7 @@ class ModelSection:
   overrides: dict        # WanConfig fields, e.g. {"linear_proj": True}
   checkpoint: str        # converted safetensors folder; "" = random init
   dtype: str             # compute dtype of weights and activations
-  remat_policy: str      # "none" | "full" | "dots_saveable"
+  remat_policy: str      # a key of dit.REMAT_POLICIES: "none" | "full" | "dots_saveable" | "attention_saveable"
   attention_backend: str
 
 
