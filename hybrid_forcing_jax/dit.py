@@ -70,10 +70,11 @@ class BlockInputs:
   view: CacheView | None = None          # stream
   visible: jnp.ndarray | None = None     # block_causal / recache: keys seen by each query group [G]
 
-# The primitives of the attention kernels' forward passes: cuDNN's fused attention and the Pallas kernels
-# (block-sparse Triton and Mosaic GPU). Their outputs (attention output, softmax statistics) are what
+# The primitives of the attention kernels' forward passes as a traced block holds them: cuDNN's fused
+# attention (jax.nn.dot_product_attention binds the wrapper in its custom_vjp's forward) and the Pallas
+# kernels (block-sparse Triton and Mosaic GPU). Their outputs (attention output, softmax statistics) are what
 # their backward kernels read.
-ATTENTION_KERNELS = frozenset({"dot_product_attention_fwd", "pallas_call"})
+ATTENTION_KERNELS = frozenset({"dot_product_attention_fwd_wrapper", "dot_product_attention_fwd", "pallas_call"})
 
 
 def _attention_kernels_saveable(prim, *_, **__) -> bool:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_forcing_jax.dit import REMAT_POLICIES, AttentionLayout, WanDiT
+from hybrid_forcing_jax.dit import ATTENTION_KERNELS, REMAT_POLICIES, AttentionLayout, WanDiT
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.streaming.sampler import rollout, start, stream_forward
 from tests.streaming_fixtures import LATENT_HW, context, random_linear_proj, tiny_model
@@ -101,3 +101,14 @@ def test_attention_saveable_keeps_the_attention_kernels_forward():
   assert kept == plain < recomputed, (plain, recomputed, kept)
   for g in (full, got):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, want)
+
+
+def test_attention_kernel_names_are_jax_primitives():
+  """attention_saveable picks primitives by name: each one it names exists in this JAX (a rename would turn
+  the policy into full remat without a word)."""
+  from jax._src import core
+  from jax._src.cudnn import fused_attention_stablehlo
+  from jax._src.pallas import pallas_call
+  known = {v.name for module in (fused_attention_stablehlo, pallas_call) for v in vars(module).values()
+           if isinstance(v, core.Primitive)}
+  assert ATTENTION_KERNELS <= known, sorted(ATTENTION_KERNELS - known)
