@@ -1,7 +1,7 @@
 """One DMD training step at full size with random weights: the generator update and the critic update.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_dmd_step [--phase=2] [--generator_steps=8] [--critic_steps=6]
-      [--critic_remat=dots_saveable] [--teacher_preset=wan_14b --mesh=1,2] [--results_jsonl=PATH]
+      [--critic_remat=attention_saveable] [--teacher_preset=wan_14b --mesh=1,2] [--results_jsonl=PATH]
 
 Issue 11's step on two GPUs with the 14B teacher sharded (batch 1 per GPU):
 
