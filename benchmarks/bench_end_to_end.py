@@ -23,7 +23,8 @@ Each setting and weights' place runs in its own process (clean peak-memory count
   chunk_ms_*       steady state (window full): time between consecutive chunks reaching the host
   fps              video frames / wall time over the steady chunks (12 frames per chunk)
   dit_ms, vae_ms   the parts alone: DiT denoise + cache write per chunk; VAE decode of a 12-frame chunk
-  first_frame_parts_ms  the first frame's path one synced step at a time
+  first_frame_parts_ms  the first frame's path one synced step at a time (vae_decode_first_piece: the first
+                   piece the pipeline decodes, first_frames frames)
   fps_with_mp4     with `--mp4=PATH`: the same stream also encoded into an MP4 (ffmpeg, libx264), the
                    last chunk counted when the file is complete, as the sample command does
   peak_gib         peak GPU memory of the process (umT5-XXL's 11 GB of weights included when on the device)
@@ -189,10 +190,8 @@ def first_frame_parts_ms(pipe: StreamingPipeline, hw) -> dict:
                                            (hw[0] // sf, hw[1] // sf)))
   clean = lap("denoise_4_steps", denoise(pipe.dit_params, state))
   # The first piece the pipeline decodes: the whole chunk (9 frames), or its first latent frame (1 frame).
-  per_piece = getattr(pipe.vae, "decode_frames_per_call", None) or pipe.stream.chunk_frames
-  frames = 1 + pipe.vae.config.temporal_factor * (per_piece - 1)
-  video, _ = lap(f"vae_decode_{frames}_frames",
-                 pipe.vae.decode_chunk(pipe.vae_params, clean[:, :per_piece].astype(pipe.vae.options.dtype)))
+  video, _ = lap("vae_decode_first_piece",
+                 next(pipe.vae.decode_pieces(pipe.vae_params, clean.astype(pipe.vae.options.dtype))))
   lap("to_host", np.asarray(to_uint8(video)))
   return parts
 

@@ -1,6 +1,6 @@
 """The latent codec of a run, chosen by its folder: the Wan VAE (`python -m convert --model=vae`) or the
 world's lossless pixel codec (`save_pixel_codec`). Both have the same encode / streaming-decode
-interface (`encode(params, video)`, `decode_chunk(params, z, cache)`, `config.z_dim`,
+interface (`encode(params, video)`, `decode_chunk(params, z, cache)`, `decode_pieces(params, z, cache)`, `config.z_dim`,
 `config.spatial_factor`, `config.temporal_factor`, `options.dtype`), so the pipeline, `sample`, the
 evaluation and the trainer take either one from the same kind of folder:
 

@@ -69,7 +69,6 @@ class StreamingPipeline:
     state = sampler.start(self.dit, self.dit_params, self.stream, prompts.get(switches[0])[None],
                           jax.random.key(seed), latent_hw)
     denoise, write = sampler.jitted_phases(self.dit, self.stream)
-    per_piece = getattr(self.vae, "decode_frames_per_call", None) or self.stream.chunk_frames
     vae_cache = None
     chunks = itertools.count() if num_chunks is None else range(num_chunks)
     for index in chunks:
@@ -77,10 +76,9 @@ class StreamingPipeline:
         text_kv = sampler.prompt_kv(self.dit, self.dit_params, prompts.get(switches[index])[None])
         state = sampler.switch_prompt(self.dit, self.dit_params, self.stream, state, text_kv, recache=recache)
       latents = denoise(self.dit_params, state)
-      z = latents.astype(self.vae.options.dtype)
       pieces = []
-      for start in range(0, z.shape[1], per_piece):
-        video, vae_cache = self.vae.decode_chunk(self.vae_params, z[:, start:start + per_piece], vae_cache)
+      for video, vae_cache in self.vae.decode_pieces(self.vae_params, latents.astype(self.vae.options.dtype),
+                                                     vae_cache):
         ready = to_uint8(video)
         ready.copy_to_host_async()
         if index == 0 and not pieces:

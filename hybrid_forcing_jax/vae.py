@@ -291,14 +291,20 @@ class WanVAE:
   # -- decoding
   def decode_chunk(self, params, z, cache=None):
     """(frames, new cache); cache=None starts a video. The cache passed in is consumed (donated)."""
+    pieces = list(self.decode_pieces(params, z, cache))
+    frames = [f for f, _ in pieces]
+    return (frames[0] if len(frames) == 1 else jnp.concatenate(frames, axis=1)), pieces[-1][1]
+
+  def decode_pieces(self, params, z, cache=None):
+    """decode_chunk a piece at a time: yields (frames, cache after them) per `decode_frames_per_call` latent
+    frames (the whole chunk when None). Lazy: each piece is queued when asked for, so a caller can take a
+    piece's frames to the host before the next piece is queued (the pipeline's first frame)."""
     self._check_latents(z)
     step = self.decode_frames_per_call or z.shape[1]
-    pieces = []
     for start in range(0, z.shape[1], step):
       piece = z[:, start:start + step]
       frames, cache = self._decode_first(params, piece) if cache is None else self._decode_next(params, piece, cache)
-      pieces.append(frames)
-    return (pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)), cache
+      yield frames, cache
 
   def decode(self, params, z, chunk: int | None = None):
     """A whole latent video [B, T, h, w, z_dim] -> [B, 1 + 4(T-1), 8h, 8w, 3] in [-1, 1].

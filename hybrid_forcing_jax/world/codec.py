@@ -75,6 +75,11 @@ class PixelCodec:
       frames = frames[:, self.config.temporal_factor - 1:]
     return frames, {}
 
+  def decode_pieces(self, params, z, cache=None):
+    """WanVAE.decode_pieces' interface: one piece, the chunk (the codec only moves pixels: no temporaries
+    to bound by decoding less at a time)."""
+    yield self.decode_chunk(params, z, cache)
+
   def decode(self, params, z):
     """A whole latent video [B, 1 + k, h, w, z_dim] -> [B, 1 + 4k, 2h, 2w, 3] in [-1, 1]."""
     return self.decode_chunk(params, z)[0]
