@@ -9,6 +9,9 @@ import dataclasses
 from hybrid_forcing_jax.config_io import JsonConfig
 
 
+PREDICTIONS = ("velocity", "x0")
+
+
 @dataclasses.dataclass(frozen=True)
 class WanConfig(JsonConfig):
   dim: int = 1536
@@ -24,9 +27,17 @@ class WanConfig(JsonConfig):
   rope_theta: float = 10000.0
   # Hybrid Forcing adds one Linear(head_dim, head_dim) per layer for the linear-attention read-out.
   linear_proj: bool = False
+  # What the head's output means: "velocity" (Wan's eps - x0) or "x0", the clean latent, which the model turns
+  # into the velocity itself (dit.WanDiT._as_velocity), so every caller still reads a velocity. x0 suits a
+  # narrow net whose tokens hold nearly as many values as its width (the world's DiT): it must output clean data,
+  # which lies near a low-dimensional manifold, not carry the full-rank noise through (Li & He 2025, "Back to
+  # Basics: Let Denoising Generative Models Denoise", the x-prediction of JiT).
+  prediction: str = "velocity"
 
   def __post_init__(self):
     object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f"WanConfig: prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
     if self.dim % self.num_heads:
       raise ValueError(f"WanConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}")
     if self.head_dim % 2:

@@ -12,7 +12,8 @@ Attention layouts (`AttentionLayout`) and the methods that run them:
     through a typed `LayerCache` / `CacheView` (attention/hybrid.py), and returns its un-rotated K/V
     per layer for the cache write (hybrid_forcing_jax/streaming builds the cache and writes it);
   * recache (`recache`): cached frames re-encoded block-causally under a new prompt (prompt switch).
-`__call__` always returns the velocity; `stream` returns (velocity, K/V), `recache` the K/V.
+`__call__` always returns the velocity; `stream` returns (velocity, K/V), `recache` the K/V. A model whose
+config.prediction is "x0" predicts the clean latent and returns the velocity it implies.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.attention import attention
 from hybrid_forcing_jax.attention.hybrid import CacheView, LayerCache, stream_attention
 from hybrid_forcing_jax.attention.prefix import prefix_attention
@@ -307,7 +309,15 @@ class WanDiT(nn.Module):
     cos, sin = rope_tables(c, frame_positions, gh, gw)
     inputs = BlockInputs(self.time_projection(e), cos, sin, layout, view, visible)   # e0 [B, gf, 6, dim]
     hidden, new_kv = self.blocks(tokens.astype(jnp.float32), (cache, text_kv), inputs)
-    return self.head(hidden, e, (gf, gh, gw)), new_kv
+    return self._as_velocity(self.head(hidden, e, (gf, gh, gw)), x, t), new_kv
+
+  def _as_velocity(self, out, x, t):
+    """The head's output as the velocity: itself, or for config.prediction "x0" the velocity that x0
+    implies at t [B, F] (flow.velocity_from_predicted_x0, in float32), in the head's dtype."""
+    if self.config.prediction == "velocity":
+      return out
+    sigma = t / flow.NUM_TRAIN_TIMESTEPS
+    return flow.velocity_from_predicted_x0(x.astype(jnp.float32), out.astype(jnp.float32), sigma).astype(out.dtype)
 
   def _frame_tokens(self, x) -> int:
     _, ph, pw = self.config.patch_size

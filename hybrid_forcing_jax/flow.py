@@ -60,6 +60,17 @@ def velocity_from_x0(x_t, x0, sigma):
   return (x_t - x0) / _expand(sigma, x_t)
 
 
+# A model that predicts x0 implies v = (x_t - x0) / sigma; below this sigma the division uses it instead (JiT's
+# clip of 1 - t at 0.05, Li & He 2025), so the implied velocity, and the flow-matching loss's weight on the x0
+# error (1 / sigma^2), stay bounded as sigma -> 0.
+X0_PREDICTION_SIGMA_MIN = 0.05
+
+
+def velocity_from_predicted_x0(x_t, x0, sigma):
+  """v = (x_t - x0) / max(sigma, X0_PREDICTION_SIGMA_MIN): the velocity of an x0-predicting model."""
+  return velocity_from_x0(x_t, x0, jnp.maximum(jnp.asarray(sigma, jnp.float32), X0_PREDICTION_SIGMA_MIN))
+
+
 def velocity_target(x0, eps):
   """The flow-matching regression target, v = eps - x0."""
   return eps - x0

@@ -1,9 +1,13 @@
-"""Attention layouts and input validation of the Flax DiT (random tiny parameters, float32)."""
+"""Attention layouts, the x0 parameterisation and input validation of the Flax DiT (random tiny parameters,
+float32)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.config import tiny_config
 from hybrid_forcing_jax.dit import AttentionLayout, WanDiT, init_params
 
@@ -116,3 +120,22 @@ def test_bad_timesteps_context_and_chunking(model_and_params):
     model.apply({"params": params}, x, t, ctx, layout=AttentionLayout.block_causal(3))
   with pytest.raises(ValueError, match="exactly one of"):
     model.apply({"params": params}, x, t)
+
+
+def test_x0_prediction_returns_the_velocity_its_x0_implies(model_and_params):
+  """prediction "x0": the head's output (what the same parameters return as a velocity model) is the clean
+  latent, so x_t - sigma v gives it back; below flow.X0_PREDICTION_SIGMA_MIN the division uses the minimum."""
+  velocity_model, params = model_and_params
+  x0_model = WanDiT(dataclasses.replace(CONFIG, prediction="x0"), dtype=jnp.float32, param_dtype=jnp.float32,
+                    attention_backend="xla")
+  x, _, ctx = random_inputs(seed=7, frames=3)
+  t = jnp.array([[1000.0, 500.0, 60.0], [20.0, 0.0, 250.0]])
+  head = velocity_model.apply({"params": params}, x, t, ctx)
+  v = x0_model.apply({"params": params}, x, t, ctx)
+  sigma = np.asarray(t)[..., None, None, None] / 1000.0
+  np.testing.assert_allclose(v, (x - head) / np.maximum(sigma, flow.X0_PREDICTION_SIGMA_MIN), rtol=1e-5, atol=1e-5)
+  above = (sigma >= flow.X0_PREDICTION_SIGMA_MIN)[..., 0, 0, 0]
+  np.testing.assert_allclose(np.asarray(flow.x0_from_velocity(x, v, t / 1000.0))[above], np.asarray(head)[above],
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="prediction must be one of"):
+    dataclasses.replace(CONFIG, prediction="eps")

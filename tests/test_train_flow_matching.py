@@ -1,7 +1,7 @@
 """The flow_matching stage and the world configs: the loss is zero for the exact velocity (x_t - x0) /
 sigma, its t follows the shifted uniform law (one t per video) and captions drop at their rate; the
 stage built from configs/world/teacher.py:tiny overfits one world video through the trainer's step (the
-loss at fixed draws falls >= 10x); bad inputs are refused naming the key; every world config parses,
+loss at fixed draws falls >= 10x, or 4x for the x0-predicting DiT); bad inputs are refused naming the key; every world config parses,
 with its `:tiny` variant, and the later stages use the teacher's architecture and geometry."""
 from __future__ import annotations
 
@@ -80,8 +80,18 @@ def test_captions_drop_to_the_negative_prompt_at_their_rate():
   assert not bool(dropped.any()) and bool(jnp.all(out == context))
 
 
-def test_stage_overfits_one_world_video(world_run):
+# (prediction, lr, steps, factor): an x0-predicting DiT starts near "the clean video is 0" (its head is
+# zero-initialised and the world is mostly a flat background), so its loss has less to fall; its v-loss weighs
+# the x0 error by 1 / sigma^2 and diverges at the velocity model's LR, as JiT's smaller LRs suggest.
+OVERFIT = [("velocity", 2e-3, 300, 10.0), ("x0", 5e-4, 600, 4.0)]
+
+
+@pytest.mark.parametrize("prediction,lr,num_steps,factor", OVERFIT)
+def test_stage_overfits_one_world_video(world_run, prediction, lr, num_steps, factor):
   c, _ = world_run
+  c = c.copy_and_resolve_references()
+  c.model.overrides.prediction = prediction
+  c.optim.lr = lr
   run = parse(c)
   stages.check_inputs(run)
   model, params = builders.build_dit(run.model, seed=0, param_dtype=jnp.float32)
@@ -99,11 +109,11 @@ def test_stage_overfits_one_world_video(world_run):
   measure = lambda p: np.mean([loss(p, stage.frozen, batch, jax.random.key(100 + i))[0] for i in range(16)])  # noqa: E731
   before = measure(params)
   key = jax.random.key(1)
-  for _ in range(300):
+  for _ in range(num_steps):
     state, metrics = step(state, batch, key, stage.frozen)
   after = measure(state.params)
   assert np.isfinite(float(metrics["loss"]))
-  assert after * 10 <= before, (before, after)
+  assert after * factor <= before, (before, after)
 
 
 def test_bad_inputs_are_refused_naming_the_key(world_run, tmp_path):
