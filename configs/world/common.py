@@ -18,9 +18,14 @@ CODEC = PixelCodecConfig()
 # One architecture for the teacher, the student and the critic (Self-Forcing with the 1.3B as its own
 # teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
 # 8 layers: 9.1M parameters (18 MB in bf16), trained in minutes on one GPU, streamed on a CPU.
-WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, prediction="velocity")
+# It predicts x0 (WanConfig.prediction): trained side by side from scratch on two H200s, the velocity-predicting
+# one still scattered single-pixel noise over every frame after 2500 steps where the x0 one drew clean
+# backgrounds, and at 4000 steps solid objects of the caption's colour (docs/world.md, "The x0-predicting teacher").
+WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, prediction="x0")
 # `:tiny`: the tiny preset's 2 layers, but 192 wide, so the 192 values of a token (the noise included)
-# still pass through: at tiny's 48 the flow-matching loss cannot fall far (it must return eps - x0).
+# still pass through: at tiny's 48 the flow-matching loss cannot fall far (it must return eps - x0). It keeps
+# predicting the velocity, which the CPU tests' step sizes are set for (the x0 path has tests of its own:
+# test_dit_modes, test_train_flow_matching).
 TINY_WORLD_DIT = dict(dim=192, ffn_dim=384, num_heads=4, prediction="velocity")
 # The top-level LRs are for fine-tuning the 1.3B (width 1536) over hundreds of GPU-hours; a 6x narrower net
 # distilled in minutes takes larger steps. A starting point for the GPU runs, not a tuned value.
