@@ -23,7 +23,8 @@ from hybrid_forcing_jax.training import guidance
 from hybrid_forcing_jax.training.teacher import euler_trajectory
 from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator
 from hybrid_forcing_jax.world.detect import detect
-from hybrid_forcing_jax.world.eval_metrics import colour_histogram, histogram_distance, motion_score
+from hybrid_forcing_jax.world.eval_metrics import (colour_histogram, histogram_distance, latent_frame_steps,
+                                                   motion_score)
 from hybrid_forcing_jax.world.scene import WorldConfig
 from hybrid_forcing_jax.world.text import world_text_encoder
 from tests.world_fixtures import save_world_model, world_dit_config
@@ -39,6 +40,9 @@ def test_ground_truth_scores_one_everywhere():
   for split in ("heldout", "train"):
     following = eval_tasks.prompt_following(truth, world, num_videos=12, split=split, **common)
     assert following.pop("motion") > 0.9   # not 1: a leaving object's visible part moves slower at the border
+    # A world object moves alike within a latent frame and across two: ~1.2 px a frame at 64x64.
+    within, across = following.pop("step_within"), following.pop("step_across")
+    assert 0.8 < within < 1.6 and 0.8 < across < 1.6 and abs(within - across) < 0.3, (within, across)
     assert following == {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "split": split, "videos": 12}
   horizon = eval_tasks.long_horizon(truth, world, seconds=20, num_videos=4, **common)
   assert horizon["object"] == [1.0] * 4 and max(horizon["drift"]) < 0.01
@@ -202,3 +206,16 @@ def test_motion_score_passes_world_motion_and_fails_still_and_jumping_objects():
   # Still for 4 frames, then 4 pixels at once (a latent frame's object that does not move within it).
   assert motion_score(detect(_square_video(10 + 4.0 * (t // 4))), world) == 0.0
   assert motion_score(detect(np.zeros((5, 64, 64, 3), np.uint8)), world) is None   # never seen
+
+
+def test_latent_frame_steps_split_steps_at_the_codecs_latent_frames():
+  t = np.arange(21)
+  latent = np.where(t == 0, 0, (t - 1) // 4 + 1)   # frame 0 alone, then 4 frames a latent frame
+  steady = latent_frame_steps(detect(_square_video(10 + 1.0 * t, frames=21)), temporal_factor=4)
+  assert steady == {"step_within": pytest.approx(1.0), "step_across": pytest.approx(1.0)}
+  # Still within each latent frame, 4 pixels at each boundary: what teacher4 did.
+  jumps = latent_frame_steps(detect(_square_video(10 + 4.0 * latent, frames=21)), temporal_factor=4)
+  assert jumps == {"step_within": pytest.approx(0.0), "step_across": pytest.approx(4.0)}
+  # One frame a latent frame: every step crosses a boundary.
+  assert latent_frame_steps(detect(_square_video(10 + 1.0 * t, frames=21)), temporal_factor=1) == {
+      "step_within": None, "step_across": pytest.approx(1.0)}

@@ -28,6 +28,7 @@ from hybrid_forcing_jax.streaming import sampler
 from hybrid_forcing_jax.streaming.config import StreamConfig
 from hybrid_forcing_jax.training import guidance
 from hybrid_forcing_jax.training.teacher import euler_trajectory
+from hybrid_forcing_jax.world.codec import PixelCodecConfig
 
 
 # Every video of a batch [B, T, H, W, 3] in [-1, 1] -> uint8, rounded as the pipeline rounds.
@@ -47,6 +48,11 @@ class StreamGenerator:
   def __init__(self, model: WanDiT, params, stream: StreamConfig, codec, codec_params, embed):
     self.model, self.params, self.stream = model, params, stream
     self.codec, self.codec_params, self.embed = codec, codec_params, embed
+
+  @property
+  def temporal_factor(self) -> int:
+    """Video frames a latent frame holds (after latent frame 0's one): eval_metrics.latent_frame_steps."""
+    return self.codec.config.temporal_factor
 
   def chunk_video_frames(self, num_chunks: int) -> int:
     """Video frames of the first `num_chunks` chunks (Wan's 1 + 4k grouping: 9, then 12 a chunk)."""
@@ -97,6 +103,11 @@ class TeacherGenerator:
                                              guidance=guidance_scale, keep=(num_steps,)))
     self._text_kv = jax.jit(functools.partial(guidance.text_kv, model))
 
+  @property
+  def temporal_factor(self) -> int:
+    """Video frames a latent frame holds (after latent frame 0's one): eval_metrics.latent_frame_steps."""
+    return self.codec.config.temporal_factor
+
   def prefix_frames(self, frames: int) -> int:
     """The fewest video frames of whole latent frames (1 + 4k) that cover the first `frames` frames."""
     tf = self.codec.config.temporal_factor
@@ -121,6 +132,8 @@ class TeacherGenerator:
 
 
 class GroundTruth:
+  # Its steps are split as the world codec's latent frames would hold the frames (the reference for a model's).
+  temporal_factor = PixelCodecConfig().temporal_factor
 
   def __call__(self, examples, num_frames: int, key, prefix_frames: int = 0) -> np.ndarray:
     del key, prefix_frames   # the whole video is the ground truth's, prefix or not

@@ -1,5 +1,6 @@
 """Scores of one generated world video against what its example says, read by world/detect.py. Every
-score is in [0, 1]; on the ground-truth video the correctness scores are 1 (tests/test_world_eval.py).
+score is in [0, 1] (latent_frame_steps' are pixels); on the ground-truth video the correctness scores are 1
+(tests/test_world_eval.py).
 
   prompt_scores   colour, shape and direction read back equal the caption's; all three at once.
   window_scores   per window (5 s): the object is present in at least half its frames with the
@@ -11,6 +12,10 @@ score is in [0, 1]; on the ground-truth video the correctness scores are 1 (test
                   make: between half the slowest and 1.5x the fastest speed of the world. An object that
                   stands still, or jumps, fails it; world videos score 0.99 on average (0.70 at worst,
                   scenes that leave the picture, where the visible part's centroid moves slower).
+  latent_frame_steps  the median centroid step within a latent frame and across a latent-frame boundary:
+                  a world object moves alike in both (~1.2 px a frame at 64x64); a model that moves it only
+                  from one latent frame to the next (a token's frames as copies) stands still within them
+                  and jumps across (docs/world.md, "Teacher4").
 """
 from __future__ import annotations
 
@@ -54,6 +59,18 @@ def window_scores(video: np.ndarray, detection: Detection, colour: str, window: 
 def return_scores(detection: Detection, colour: str, start: int, stop: int) -> dict[str, float]:
   back = detection.colour_between(start, stop)
   return {"colour": float(back == colour), "back": float(back is not None)}
+
+
+def latent_frame_steps(detection: Detection, temporal_factor: int) -> dict[str, float | None]:
+  """{"step_within", "step_across"}: the median centroid step in pixels between consecutive frames seen in
+  both, where the two frames lie in the same latent frame or in two (the codecs' grouping: frame 0 alone, then
+  `temporal_factor` frames a latent frame, so the step from frame i to i + 1 crosses a boundary when i is a
+  multiple of temporal_factor). None where no such step is seen (within: always, at temporal_factor 1)."""
+  both = detection.present[1:] & detection.present[:-1]
+  steps = np.linalg.norm(np.diff(detection.centroids, axis=0), axis=-1)
+  across = np.arange(len(steps)) % temporal_factor == 0
+  median = lambda mask: float(np.median(steps[mask])) if mask.any() else None  # noqa: E731
+  return {"step_within": median(both & ~across), "step_across": median(both & across)}
 
 
 def motion_score(detection: Detection, world: WorldConfig) -> float | None:

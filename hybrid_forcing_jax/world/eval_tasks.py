@@ -5,7 +5,9 @@ batches and averages world/eval_metrics.py's scores. The protocols (docs/world.m
   prompt_following  split `heldout` (colour-shape-direction combinations training never rendered),
                     every caption saying colour, shape and direction; videos of the training length.
                     Also `motion` (eval_metrics.motion_score), averaged over the videos where the object
-                    is seen in two frames in a row: whether what moves moves like a world object.
+                    is seen in two frames in a row: whether what moves moves like a world object; and
+                    `step_within` / `step_across` (eval_metrics.latent_frame_steps, the generator's
+                    `temporal_factor`): whether it moves within latent frames or only between them.
   long_horizon      split `train`, bouncing scenes only (the object never leaves the picture, so it
                     must be there in every window) with full captions; `seconds` of video, scored per
                     5-second window.
@@ -26,7 +28,8 @@ import numpy as np
 from hybrid_forcing_jax.world import grammar
 from hybrid_forcing_jax.world.dataset import world_example
 from hybrid_forcing_jax.world.detect import detect
-from hybrid_forcing_jax.world.eval_metrics import motion_score, prompt_scores, return_scores, window_scores
+from hybrid_forcing_jax.world.eval_metrics import (latent_frame_steps, motion_score, prompt_scores, return_scores,
+                                                   window_scores)
 from hybrid_forcing_jax.world.scene import WorldConfig
 
 WINDOW_SECONDS = 5
@@ -68,7 +71,8 @@ def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int
     videos = generate(examples, world.num_frames, _key(seed, "prompt_following", batch))
     for v, e in zip(videos, examples):
       detection = detect(v)
-      rows.append({**prompt_scores(detection, e), "motion": motion_score(detection, world)})
+      rows.append({**prompt_scores(detection, e), "motion": motion_score(detection, world),
+                   **latent_frame_steps(detection, generate.temporal_factor)})
     if keep is not None:
       keep += [(e["caption"], np.asarray(v)) for v, e in zip(videos, examples)]
   return {**_mean(rows), "split": split, "videos": len(rows)}
