@@ -82,7 +82,7 @@ def test_captions_drop_to_the_negative_prompt_at_their_rate():
 
 # (prediction, lr, steps, factor): an x0-predicting DiT starts near "the clean video is 0" (its head is
 # zero-initialised and the world is mostly a flat background), so its loss has less to fall; its v-loss weighs
-# the x0 error by 1 / sigma^2 and diverges at the velocity model's LR, as JiT's smaller LRs suggest.
+# the x0 error by 1 / sigma^2 and is unstable at the velocity model's LR (its loss rose again after 300 steps).
 OVERFIT = [("velocity", 2e-3, 300, 10.0), ("x0", 5e-4, 600, 4.0)]
 
 
