@@ -69,18 +69,17 @@ def cached_keys_values(cache: LayerCache, view: CacheView, n: int, tokens: int, 
   return apply_rope(k, view.key_cos[:n * tokens], view.key_sin[:n * tokens]), v
 
 
-def _sparse_softmax(cfg: StreamConfig, q, k, cur_v, cos, sin, cache: LayerCache, view: CacheView, tokens: int):
+def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache: LayerCache, view: CacheView, tokens: int):
   """Block-sparse attention has no key mask, so each possible number of cached frames (warm-up, then
   steady state; a static set) gets its own branch over exactly [valid cached frames | chunk], in the
   paper's key order, and the traced count picks the branch: one compiled step, exact selection. Each
-  branch gathers and rotates the cache and rotates the chunk's keys k itself (cos, sin its tables), so the
-  concatenation is one pass that writes the keys once (keys made before the switch would be written to
-  memory first, then copied again by the concatenation, since XLA does not fuse across a conditional)."""
+  branch gathers, rotates and concatenates the cache itself: one pass that writes the keys once (a
+  gathered cache made before the switch would be written to memory first, then copied again by the
+  concatenation, since XLA does not fuse across a conditional)."""
   counts = cfg.valid_frame_counts()
 
   def branch(n):
-    def run(q, k, cur_v, cos, sin, cache, view):
-      cur_k = apply_rope(k, cos, sin)
+    def run(q, cur_k, cur_v, cache, view):
       keys, vals = cur_k, cur_v
       if n:
         cache_k, cache_v = cached_keys_values(cache, view, n, tokens, cur_k.dtype)
@@ -92,7 +91,7 @@ def _sparse_softmax(cfg: StreamConfig, q, k, cur_v, cos, sin, cache: LayerCache,
     return run
 
   index = jnp.sum(jnp.asarray(counts, jnp.int32) < view.n_valid)
-  return jax.lax.switch(index, [branch(n) for n in counts], q, k, cur_v, cos, sin, cache, view)
+  return jax.lax.switch(index, [branch(n) for n in counts], q, cur_k, cur_v, cache, view)
 
 
 def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, cache: LayerCache, view: CacheView, tokens: int,
@@ -103,16 +102,16 @@ def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, cache: LayerCache, vi
   Returns [B, F*T, H, D] in q's dtype.
   """
   b, lq = q.shape[:2]
-  qr = apply_rope(q, cos, sin)
+  qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   if cfg.sparse_ratio is None:
     # Dense: [chunk | valid cached | empty slots] makes the visible keys a prefix (kv_lengths).
     cache_k, cache_v = cached_keys_values(cache, view, view.gather.shape[0], tokens, k.dtype)
-    keys = jnp.concatenate([apply_rope(k, cos, sin), cache_k], axis=1)
+    keys = jnp.concatenate([kr, cache_k], axis=1)
     vals = jnp.concatenate([v, cache_v], axis=1)
     lengths = jnp.full((b,), lq + view.n_valid * tokens, jnp.int32)
     out = attention(qr, keys, vals, kv_lengths=lengths, backend=backend)
   else:
-    out = _sparse_softmax(cfg, qr, k, v, cos, sin, cache, view, tokens)
+    out = _sparse_softmax(cfg, qr, kr, v, cache, view, tokens)
   if cfg.linear and linear_proj is not None:
     lin = linear_readout(q, cache.lin_s, cache.lin_z, linear_proj, cfg.linear_eps)
     # Nothing absorbed yet: no linear term at all (linear_proj's bias would otherwise leak in).
