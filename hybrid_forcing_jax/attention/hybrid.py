@@ -59,39 +59,23 @@ def linear_readout(q, lin_s, lin_z, linear_proj, eps: float):
   return num / den[..., None] + linear_proj["bias"].astype(jnp.float32)
 
 
-def cached_keys_values(cache: LayerCache, view: CacheView, n: int, tokens: int, dtype):
-  """The first n of the gathered cached frames (chronological, valid first) as rotated keys and values, each
-  [B, n*T, H, D] in dtype."""
-  b, _, _, h, d = cache.k.shape
-  slots = view.gather[:n]
-  k = jnp.take(cache.k, slots, axis=1).reshape(b, n * tokens, h, d).astype(dtype)
-  v = jnp.take(cache.v, slots, axis=1).reshape(b, n * tokens, h, d).astype(dtype)
-  return apply_rope(k, view.key_cos[:n * tokens], view.key_sin[:n * tokens]), v
-
-
-def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache: LayerCache, view: CacheView, tokens: int):
+def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_valid, tokens: int):
   """Block-sparse attention has no key mask, so each possible number of cached frames (warm-up, then
   steady state; a static set) gets its own branch over exactly [valid cached frames | chunk], in the
-  paper's key order, and the traced count picks the branch: one compiled step, exact selection. Each
-  branch gathers, rotates and concatenates the cache itself: one pass that writes the keys once (a
-  gathered cache made before the switch would be written to memory first, then copied again by the
-  concatenation, since XLA does not fuse across a conditional)."""
+  paper's key order, and the traced count picks the branch: one compiled step, exact selection."""
   counts = cfg.valid_frame_counts()
 
   def branch(n):
-    def run(q, cur_k, cur_v, cache, view):
-      keys, vals = cur_k, cur_v
-      if n:
-        cache_k, cache_v = cached_keys_values(cache, view, n, tokens, cur_k.dtype)
-        keys = jnp.concatenate([cache_k, cur_k], axis=1)
-        vals = jnp.concatenate([cache_v, cur_v], axis=1)
+    def run(q, cur_k, cur_v, cache_k, cache_v):
+      keys = jnp.concatenate([cache_k[:, :n * tokens], cur_k], axis=1)
+      vals = jnp.concatenate([cache_v[:, :n * tokens], cur_v], axis=1)
       sink = min(n, cfg.sink_frames) * tokens if cfg.keep_sink else 0
       return attention(q, keys, vals, backend=cfg.sparse_backend, sparse_ratio=cfg.sparse_ratio,
                        keep_sink_tokens=sink, keep_own_chunk=cfg.keep_own_chunk)
     return run
 
-  index = jnp.sum(jnp.asarray(counts, jnp.int32) < view.n_valid)
-  return jax.lax.switch(index, [branch(n) for n in counts], q, cur_k, cur_v, cache, view)
+  index = jnp.sum(jnp.asarray(counts, jnp.int32) < n_valid)
+  return jax.lax.switch(index, [branch(n) for n in counts], q, cur_k, cur_v, cache_k, cache_v)
 
 
 def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, cache: LayerCache, view: CacheView, tokens: int,
@@ -101,17 +85,20 @@ def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, cache: LayerCache, vi
   q, k, v [B, F*T, H, D] un-rotated (after norm_q / norm_k); cos, sin the chunk's RoPE tables.
   Returns [B, F*T, H, D] in q's dtype.
   """
-  b, lq = q.shape[:2]
+  b, lq, h, d = q.shape
   qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  n = view.gather.shape[0]
+  cache_k = jnp.take(cache.k, view.gather, axis=1).reshape(b, n * tokens, h, d).astype(k.dtype)
+  cache_v = jnp.take(cache.v, view.gather, axis=1).reshape(b, n * tokens, h, d).astype(v.dtype)
+  cache_k = apply_rope(cache_k, view.key_cos, view.key_sin)
   if cfg.sparse_ratio is None:
     # Dense: [chunk | valid cached | empty slots] makes the visible keys a prefix (kv_lengths).
-    cache_k, cache_v = cached_keys_values(cache, view, view.gather.shape[0], tokens, k.dtype)
     keys = jnp.concatenate([kr, cache_k], axis=1)
     vals = jnp.concatenate([v, cache_v], axis=1)
     lengths = jnp.full((b,), lq + view.n_valid * tokens, jnp.int32)
     out = attention(qr, keys, vals, kv_lengths=lengths, backend=backend)
   else:
-    out = _sparse_softmax(cfg, qr, kr, v, cache, view, tokens)
+    out = _sparse_softmax(cfg, qr, kr, v, cache_k, cache_v, view.n_valid, tokens)
   if cfg.linear and linear_proj is not None:
     lin = linear_readout(q, cache.lin_s, cache.lin_z, linear_proj, cfg.linear_eps)
     # Nothing absorbed yet: no linear term at all (linear_proj's bias would otherwise leak in).
