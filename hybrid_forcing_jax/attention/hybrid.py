@@ -62,20 +62,32 @@ def linear_readout(q, lin_s, lin_z, linear_proj, eps: float):
 def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_valid, tokens: int):
   """Block-sparse attention has no key mask, so each possible number of cached frames (warm-up, then
   steady state; a static set) gets its own branch over exactly [valid cached frames | chunk], in the
-  paper's key order, and the traced count picks the branch: one compiled step, exact selection."""
+  paper's key order, and the traced count picks the branch: one compiled step, exact selection.
+
+  The keys [every cached slot | chunk] are concatenated before the switch, where the concatenation fuses with
+  the cache's gather and rotation into one pass, and the steady-state branch (every slot valid: all but a
+  stream's first chunks) attends over them as they are; only warm-up branches copy out their valid frames.
+  (Concatenated inside the branches, the gathered cache would be written out first, since XLA does not fuse
+  across a conditional, then copied again: ~230 MB more a layer and forward at 832x480.)"""
   counts = cfg.valid_frame_counts()
+  slots = cache_k.shape[1] // tokens
+  # The barrier keeps XLA from rewriting a warm-up branch's slices of the concatenation into slices of the
+  # gathered cache, which would then be written out on its own again for that second reader.
+  keys, vals = jax.lax.optimization_barrier((jnp.concatenate([cache_k, cur_k], axis=1),
+                                             jnp.concatenate([cache_v, cur_v], axis=1)))
 
   def branch(n):
-    def run(q, cur_k, cur_v, cache_k, cache_v):
-      keys = jnp.concatenate([cache_k[:, :n * tokens], cur_k], axis=1)
-      vals = jnp.concatenate([cache_v[:, :n * tokens], cur_v], axis=1)
+    def run(q, keys, vals):
+      if n < slots:
+        keys = jnp.concatenate([keys[:, :n * tokens], keys[:, slots * tokens:]], axis=1)
+        vals = jnp.concatenate([vals[:, :n * tokens], vals[:, slots * tokens:]], axis=1)
       sink = min(n, cfg.sink_frames) * tokens if cfg.keep_sink else 0
       return attention(q, keys, vals, backend=cfg.sparse_backend, sparse_ratio=cfg.sparse_ratio,
                        keep_sink_tokens=sink, keep_own_chunk=cfg.keep_own_chunk)
     return run
 
   index = jnp.sum(jnp.asarray(counts, jnp.int32) < n_valid)
-  return jax.lax.switch(index, [branch(n) for n in counts], q, cur_k, cur_v, cache_k, cache_v)
+  return jax.lax.switch(index, [branch(n) for n in counts], q, keys, vals)
 
 
 def stream_attention(cfg: StreamConfig, q, k, v, cos, sin, cache: LayerCache, view: CacheView, tokens: int,
