@@ -43,16 +43,21 @@ def _encode_prefix(codec, codec_params, videos: np.ndarray, frames: int):
   return codec.encode(codec_params, jnp.asarray(videos[:, :frames], jnp.float32) / 127.5 - 1.0)
 
 
-class StreamGenerator:
-
-  def __init__(self, model: WanDiT, params, stream: StreamConfig, codec, codec_params, embed):
-    self.model, self.params, self.stream = model, params, stream
-    self.codec, self.codec_params, self.embed = codec, codec_params, embed
+class _ModelGenerator:
+  """What the model rows share: their latent codec's grouping of video frames."""
+  codec: object
 
   @property
   def temporal_factor(self) -> int:
     """Video frames a latent frame holds (after latent frame 0's one): eval_metrics.latent_frame_steps."""
     return self.codec.config.temporal_factor
+
+
+class StreamGenerator(_ModelGenerator):
+
+  def __init__(self, model: WanDiT, params, stream: StreamConfig, codec, codec_params, embed):
+    self.model, self.params, self.stream = model, params, stream
+    self.codec, self.codec_params, self.embed = codec, codec_params, embed
 
   def chunk_video_frames(self, num_chunks: int) -> int:
     """Video frames of the first `num_chunks` chunks (Wan's 1 + 4k grouping: 9, then 12 a chunk)."""
@@ -92,7 +97,7 @@ class StreamGenerator:
     return np.concatenate(out, axis=1)[:, :num_frames]
 
 
-class TeacherGenerator:
+class TeacherGenerator(_ModelGenerator):
 
   def __init__(self, model: WanDiT, params, codec, codec_params, embed, *, negative_prompt: str, num_steps: int,
                shift: float, guidance_scale: float):
@@ -102,11 +107,6 @@ class TeacherGenerator:
     self._sample = jax.jit(functools.partial(euler_trajectory, model, num_steps=num_steps, shift=shift,
                                              guidance=guidance_scale, keep=(num_steps,)))
     self._text_kv = jax.jit(functools.partial(guidance.text_kv, model))
-
-  @property
-  def temporal_factor(self) -> int:
-    """Video frames a latent frame holds (after latent frame 0's one): eval_metrics.latent_frame_steps."""
-    return self.codec.config.temporal_factor
 
   def prefix_frames(self, frames: int) -> int:
     """The fewest video frames of whole latent frames (1 + 4k) that cover the first `frames` frames."""
