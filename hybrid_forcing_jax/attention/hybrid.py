@@ -68,7 +68,8 @@ def _sparse_softmax(cfg: StreamConfig, q, cur_k, cur_v, cache_k, cache_v, n_vali
   the cache's gather and rotation into one pass, and the steady-state branch (every slot valid: all but a
   stream's first chunks) attends over them as they are; only warm-up branches copy out their valid frames.
   (Concatenated inside the branches, the gathered cache would be written out first, since XLA does not fuse
-  across a conditional, then copied again: ~230 MB more a layer and forward at 832x480.)"""
+  across a conditional, then copied again: ~230 MB more a layer and forward at 832x480, by arithmetic;
+  not yet timed on a GPU.)"""
   counts = cfg.valid_frame_counts()
   slots = cache_k.shape[1] // tokens
   # The barrier keeps XLA from rewriting a warm-up branch's slices of the concatenation into slices of the
