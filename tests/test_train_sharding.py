@@ -1,6 +1,6 @@
 """Sharding: the rule table covers the 1.3B tree (big tensors sharded, optimiser state alike), and the
-ODE train step gives the same losses on 1 device as on 8 simulated ones (data 2 x fsdp 4, data 8);
-rematerialisation leaves the step unchanged."""
+ODE train step gives the same losses on 1 device as on 8 simulated ones (data 2 x fsdp 4, data 8), with
+each device's attention over its own examples only; rematerialisation leaves the step unchanged."""
 from __future__ import annotations
 
 import json
@@ -28,14 +28,24 @@ MESHES = ((2, 4), (8, 1))
 EIGHT_DEVICES = """
 import json
 import jax
+from hybrid_forcing_jax.attention import dispatch
 from hybrid_forcing_jax.training import sharding
 from tests.test_train_sharding import MESHES, train
 
+xla, seen = dispatch._BACKENDS["xla"], []
+def recorded(q, k, v, **kw):   # the batch of each attention a train step (traced under its mesh) runs
+  if not jax.sharding.get_abstract_mesh().empty:
+    seen.append(q.shape[0])
+  return xla(q, k, v, **kw)
+dispatch._BACKENDS["xla"] = recorded
 runs = {}
 for data, fsdp in MESHES:
   mesh = sharding.make_mesh(data, fsdp)
-  runs[f"{data}x{fsdp}"] = train(mesh)
-print(json.dumps({"devices": jax.device_count(), "runs": runs}))
+  seen.clear()
+  runs[f"{data}x{fsdp}"] = {**train(mesh), "attention_batches": sorted(set(seen))}
+seen.clear()
+train(sharding.make_mesh(1, 1, devices=jax.devices()[:1]))
+print(json.dumps({"devices": jax.device_count(), "runs": runs, "one_device_attention_batches": sorted(set(seen))}))
 """
 
 
@@ -79,6 +89,12 @@ def test_eight_devices_give_the_one_device_losses(one_device):
   assert one_device["loss"][-1] < one_device["loss"][0]
   # The q weight [L, out, in] is split 4 ways on its out axis over fsdp 4 and whole with fsdp 1.
   assert result["runs"]["2x4"]["q_shard"] == [2, 12, 48] and result["runs"]["8x1"]["q_shard"] == [2, 48, 48]
+  # Each device's attention saw an eighth of every batch the one device's did (the prefix attention's
+  # batches are examples x chunk groups): its own examples, as cuDNN's partitioner needs.
+  whole = result["one_device_attention_batches"]
+  assert whole and min(whole) == BATCH and all(b % 8 == 0 for b in whole), whole
+  for name, run in result["runs"].items():
+    assert run["attention_batches"] == [b // 8 for b in whole], (name, run["attention_batches"], whole)
 
 
 def test_remat_leaves_the_step_unchanged(one_device):

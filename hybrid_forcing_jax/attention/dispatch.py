@@ -7,11 +7,13 @@ that cannot serve a call raises an error naming itself and the reason instead of
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 AttentionFn = Callable[..., jnp.ndarray]
 _BACKENDS: dict[str, AttentionFn] = {}
@@ -63,14 +65,30 @@ def attention(q, k, v, *, kv_lengths=None, backend: str = "auto", sparse_ratio: 
   """
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"attention expects q [B,Lq,H,D] and k, v [B,Lk,H,D]; got q {q.shape}, k {k.shape}, v {v.shape}")
+  if sparse_ratio is None and (keep_sink_tokens or keep_own_chunk):
+    raise ValueError("keep_sink_tokens / keep_own_chunk only apply to block-sparse attention (set sparse_ratio)")
+  local = functools.partial(_attention_on_device, backend=backend, sparse_ratio=sparse_ratio,
+                            keep_sink_tokens=keep_sink_tokens, keep_own_chunk=keep_own_chunk)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or q.shape[0] % mesh.size:
+    return local(q, k, v, kv_lengths)
+  # Under a mesh (training traces its steps in one: training/steps.jit_train_step) every example's attention
+  # is its own: each device attends over its examples, the batch split over every mesh axis. Left to XLA, a
+  # kernel's inputs may come sharded otherwise (FSDP shards q/k/v's weights on their output axis): cuDNN's
+  # partitioner then refuses q, k and v sharded unalike, and a Pallas call would be gathered and replicated.
+  batch = P(mesh.axis_names)
+  lengths_spec = None if kv_lengths is None else batch
+  return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, batch, lengths_spec), out_specs=batch,
+                       check_vma=False)(q, k, v, kv_lengths)
+
+
+def _attention_on_device(q, k, v, kv_lengths, *, backend, sparse_ratio, keep_sink_tokens, keep_own_chunk):
+  """`attention` on arrays the caller holds whole (one device, or one device's examples under shard_map)."""
   if sparse_ratio is None:
-    if keep_sink_tokens or keep_own_chunk:
-      raise ValueError("keep_sink_tokens / keep_own_chunk only apply to block-sparse attention (set sparse_ratio)")
     name = resolve_backend(backend, q.dtype)
-    if name in ("pallas_triton", "pallas_mosaic"):
-      sparse_ratio = 1.0   # the block-sparse kernels with every block kept: exact dense attention
-    else:
+    if name not in ("pallas_triton", "pallas_mosaic"):
       return _BACKENDS[name](q, k, v, kv_lengths=kv_lengths)
+    sparse_ratio = 1.0   # the block-sparse kernels with every block kept: exact dense attention
   else:
     name = resolve_backend(backend, q.dtype, sparse=True)
   if kv_lengths is not None:

@@ -8,6 +8,7 @@ derived from it, the model code carries no annotations (architecture.md 2, big_v
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -107,6 +108,17 @@ def opt_state_shardings(mesh: Mesh, optimizer: optax.GradientTransformation, opt
   replicated = NamedSharding(mesh, P())
   return optax.tree_map_params(optimizer, lambda _, sharding: sharding, opt_state, shardings,
                                transform_non_params=lambda _: replicated)
+
+
+def traced_in_mesh(fn, mesh: Mesh):
+  """`fn` traced under `mesh` (as jax's abstract mesh), for jit: the model's attention then runs per device
+  on the examples the batch sharding gives it (attention/dispatch.py), instead of as XLA's propagation
+  happens to shard q, k and v."""
+  @functools.wraps(fn)
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return traced
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

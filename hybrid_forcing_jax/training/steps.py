@@ -3,7 +3,8 @@
 A step differentiates a loss (training/losses/) with respect to ONE tree of float32 master weights
 through its compute copy, applies that tree's optimiser, and (for the generator) advances the EMA when the
 optimiser applied an update. Other trees the loss reads are frozen inputs: passed in, never differentiated,
-returned untouched. Sharding is decided at the jit boundary only (`jit_train_step`).
+returned untouched. Sharding is decided at the jit boundary only (`jit_train_step`, which traces the step
+under its mesh so that attention runs per device on its examples).
 
   ODE init:  make_train_step(loss)            loss(params, batch, rng)
   DMD:       make_dmd_steps(gen_loss, critic_loss, ...)
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hybrid_forcing_jax.training import sharding
 from hybrid_forcing_jax.training.optim import cast_for_compute, current_learning_rate, ema_update, update_progress
 
 LossFn = Callable  # (params[, frozen], batch, rng) -> (loss scalar float32, metrics dict of scalars)
@@ -121,5 +123,6 @@ def jit_train_step(train_step, state_shardings, batch_sharding: NamedSharding, f
   and never trains (DMD's teacher), which stay where those shardings put them."""
   replicated = NamedSharding(batch_sharding.mesh, P())
   frozen = () if frozen_shardings is None else (frozen_shardings,)
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated, *frozen),
+  return jax.jit(sharding.traced_in_mesh(train_step, batch_sharding.mesh),
+                 in_shardings=(state_shardings, batch_sharding, replicated, *frozen),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
