@@ -34,6 +34,17 @@ Each setting and weights' place runs in its own process (clean peak-memory count
                    device); peak_making_weights: the peak until then (making the random weights): what the
                    stream adds to the weights is peak_gib - weights_held
 `--tiny` runs the world model shipped in the package (64x64) instead, to try the script on a CPU.
+
+Cold start (issue 14: <= 60 s from an empty compilation cache, <= 10 s with it filled):
+
+  PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end --setting=hybrid --cold_start [--text_encoder_weights=device]
+
+starts the setting twice, each in a fresh process sharing one new, empty persistent compilation cache (as
+`sample --compilation_cache_dir` keeps one), streams one prompt and stops at its first frame. Each prints:
+  start_to_first_frame_s  the process launched -> the first frame on the host (imports, weights, the
+                   compilations the first frame needs, the first frame's own work)
+  import_s, weights_s      of it: importing the modules; making the weights on the device (random here; a real
+                   start reads them from disk instead)
 """
 from __future__ import annotations
 
@@ -42,12 +53,16 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 
+_IMPORTS_START = time.time()
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -240,6 +255,61 @@ def run_setting(name: str, text_encoder_weights: str, args):
       peak_gib=device_gib(), peak_gib_after_chunks=peaks, memory_gib=memory, finite=finite)), flush=True)
 
 
+def first_frame_only(name: str, text_encoder_weights: str, args):
+  """One process of --cold_start: the pipeline made, one prompt streamed until its first frame; prints the
+  wall-clock time of that frame for the parent to subtract its launch time from."""
+  imported = time.time()
+  use_compilation_cache(args.compilation_cache_dir)
+  cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)
+  if cfg.sparse_ratio is not None:
+    cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
+  on_host = text_encoder_weights == "host"
+  if args.tiny:
+    pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
+  else:
+    pipe = full_size_pipeline(cfg, on_host, args.vae_frames_per_call)
+  jax.block_until_ready((pipe.dit_params, pipe.vae_params))
+  made = time.time()
+  hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)
+  for _ in pipe.frames([(0, "a red fox running through fresh snow")], height=hw[0], width=hw[1], seed=0,
+                       num_chunks=1):
+    break   # the first frames are on the host
+  print(json.dumps(dict(first_frame_at=time.time(), import_s=round(imported - _IMPORTS_START, 1),
+                        weights_s=round(made - imported, 1), device=str(jax.devices()[0].device_kind))), flush=True)
+
+
+def use_compilation_cache(folder: str | None) -> None:
+  if folder:
+    from hybrid_forcing_jax.sample import use_compilation_cache as use
+    use(folder)
+
+
+def cold_start(name: str, text_encoder_weights: str, args) -> None:
+  """Two fresh processes of first_frame_only sharing one new, empty compilation cache: cold, then warm.
+  This process itself never touches a device (it would hold GPU memory the children need)."""
+  cache = tempfile.mkdtemp(prefix="bench_cold_start_")
+  try:
+    for run in ("empty cache", "filled cache"):
+      cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}",
+             f"--text_encoder_weights={text_encoder_weights}", f"--sparse_backend={args.sparse_backend}",
+             "--first_frame_only", f"--compilation_cache_dir={cache}"] + (["--tiny"] if args.tiny else [])
+      if args.vae_frames_per_call:
+        cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
+      launched = time.time()
+      done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+      if done.returncode or not lines:
+        raise SystemExit(f"cold start ({run}) failed with exit {done.returncode}:\n{done.stderr[-3000:]}")
+      child = json.loads(lines[-1])
+      print(json.dumps(dict(
+          setting=name, text_encoder_weights=text_encoder_weights, vae_frames_per_call=args.vae_frames_per_call,
+          device=child["device"], tiny=args.tiny, run=run,
+          start_to_first_frame_s=round(child["first_frame_at"] - launched, 1), import_s=child["import_s"],
+          weights_s=child["weights_s"], cache_files=len(os.listdir(cache)))), flush=True)
+  finally:
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--setting", default="both", choices=("both", "hybrid", "self_forcing"))
@@ -251,9 +321,21 @@ def main():
                       help="latent frames per VAE decode call, full size only (WanVAE decode_frames_per_call; default: the chunk)")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
+  parser.add_argument("--cold_start", action="store_true",
+                      help="time process start -> first frame, with an empty then a filled compilation cache")
+  parser.add_argument("--first_frame_only", action="store_true", help=argparse.SUPPRESS)   # --cold_start's child
+  parser.add_argument("--compilation_cache_dir", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   settings = ("hybrid", "self_forcing") if args.setting == "both" else (args.setting,)
   places = ("host", "device") if args.text_encoder_weights == "both" else (args.text_encoder_weights,)
+  if args.first_frame_only:
+    first_frame_only(settings[0], places[0], args)
+    return
+  if args.cold_start:
+    for name in settings:
+      for place in places:
+        cold_start(name, place, args)
+    return
   if len(settings) * len(places) == 1:
     run_setting(settings[0], places[0], args)
     return

@@ -1,0 +1,21 @@
+"""benchmarks/bench_end_to_end.py --cold_start on the shipped world model (--tiny, CPU): two fresh processes
+share one new compilation cache; each prints its row, and the first one fills the cache the second reads.
+The times themselves are for the benchmark's table, not asserted. ~10 s on the 2-core dev box."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.train_fixtures import REPO
+
+
+def test_cold_start_runs_twice_on_one_cache():
+  done = subprocess.run([sys.executable, "-m", "benchmarks.bench_end_to_end", "--tiny", "--setting=hybrid",
+                         "--cold_start"], capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+  assert [row["run"] for row in rows] == ["empty cache", "filled cache"]
+  for row in rows:
+    assert row["cache_files"] >= 1 and row["device"] == "cpu"
+    assert row["start_to_first_frame_s"] > row["import_s"] + row["weights_s"] > 0
