@@ -217,18 +217,23 @@ def device_gib(stat: str = "peak_bytes_in_use") -> float:
   return round(stats.get(stat, 0) / 2**30, 2)
 
 
-def run_setting(name: str, text_encoder_weights: str, args):
+def make_pipeline(name: str, text_encoder_weights: str, args):
+  """-> (the setting's pipeline, its frames' (height, width)): full size, or with --tiny the shipped model."""
   cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)   # configs/<setting>.py
   if cfg.sparse_ratio is not None:
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
   on_host = text_encoder_weights == "host"
-  if args.tiny:
+  if args.tiny:   # the shipped model makes the world's frames
     pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
-  else:
-    pipe = full_size_pipeline(cfg, on_host, args.vae_frames_per_call)
+    return pipe, (WorldConfig().height, WorldConfig().width)
+  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call), (480, 832)
+
+
+def run_setting(name: str, text_encoder_weights: str, args):
+  pipe, hw = make_pipeline(name, text_encoder_weights, args)
+  cfg = pipe.stream
   # Where the peak comes from: the weights alone (held, and the peak of making them), then each stream's.
   memory = {"weights_held": device_gib("bytes_in_use"), "peak_making_weights": device_gib()}
-  hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)   # the shipped model: the world's
   warm = cfg.cache_slots // cfg.chunk_frames + 2   # chunks until the window is full
   t0 = time.perf_counter()
   stream_stamps(pipe, "compile everything", warm + 1, hw)
@@ -260,17 +265,9 @@ def first_frame_only(name: str, text_encoder_weights: str, args):
   wall-clock time of that frame for the parent to subtract its launch time from."""
   imported = time.time()
   use_compilation_cache(args.compilation_cache_dir)
-  cfg = from_config(importlib.import_module(f"configs.{name}").get_config().stream)
-  if cfg.sparse_ratio is not None:
-    cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
-  on_host = text_encoder_weights == "host"
-  if args.tiny:
-    pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
-  else:
-    pipe = full_size_pipeline(cfg, on_host, args.vae_frames_per_call)
+  pipe, hw = make_pipeline(name, text_encoder_weights, args)
   jax.block_until_ready((pipe.dit_params, pipe.vae_params))
   made = time.time()
-  hw = (WorldConfig().height, WorldConfig().width) if args.tiny else (480, 832)
   for _ in pipe.frames([(0, "a red fox running through fresh snow")], height=hw[0], width=hw[1], seed=0,
                        num_chunks=1):
     break   # the first frames are on the host
