@@ -9,16 +9,22 @@
   * every example draws rollout noise of its own (not the peers' same noise on every device, defect D3),
     the same on one device as on eight: the losses' per-example draw, one example per device.
 
+  * issue 15's resume, in miniature: `train` on a data 2 x fsdp 4 mesh of 8 devices, killed (SIGKILL) once its
+    first checkpoint is committed and run again with the same command, logs the uninterrupted run's losses.
+
 Both meshes run in one subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=8); tracing and
-compiling the two updates once per mesh is most of the file's time (~60 s on the 2-core dev box).
+compiling the two updates once per mesh is most of the file's time (~60 s on the 2-core dev box; the
+resume's three runs ~100 s more).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -28,7 +34,9 @@ from hybrid_forcing_jax.config import tiny_config
 from hybrid_forcing_jax.training import sharding, trainer
 from hybrid_forcing_jax.training.config import parse
 from hybrid_forcing_jax.training.rollout import window_noise
-from tests.train_fixtures import REPO, write_tiny_dit
+from hybrid_forcing_jax.training.metrics import read_jsonl
+from tests.test_train_dmd_run import SELF_FORCING, losses
+from tests.train_fixtures import REPO, train_command, write_tiny_dit
 
 BATCH, STEPS = 8, 3
 MEASURE = """
@@ -122,3 +130,39 @@ def test_dmd_updates_give_the_one_device_numbers_on_eight_devices():
   flat = np.asarray(noise_eight["noise"]).reshape(BATCH, -1)
   assert (np.abs(flat[:, None] - flat[None]).max(-1) + np.eye(BATCH) > 0.5).all()
   np.testing.assert_array_equal(noise_eight["noise"], noise_one["noise"])
+
+
+def test_a_run_on_eight_devices_resumes_with_the_same_losses(tmp_path):
+  with open(tmp_path / "prompts.txt", "w") as f:
+    f.write("".join(f"tiny prompt number {i}\n" for i in range(BATCH)))
+  command = lambda workdir: train_command(
+      str(workdir), f"--config.data.prompts={tmp_path}/prompts.txt", f"--config.text.cache_dir={tmp_path}/text",
+      *(f"--config.{name}.checkpoint={write_tiny_dit(str(tmp_path / name), seed=seed)}"
+        for seed, name in enumerate(("model", "teacher", "critic"))),
+      f"--config.data.batch_size={BATCH}", "--config.train.mesh.data=2", "--config.train.mesh.fsdp=4",
+      "--config.train.steps=20", "--config.train.checkpoint_every=10", config=SELF_FORCING)
+  # No shared compilation cache here: with the programs read from one, 8 simulated devices on a 2-core CPU
+  # run several programs' collectives at once and starve each other's threads (XLA's CPU rendezvous aborts).
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  run = lambda workdir: subprocess.run(command(workdir), cwd=REPO, env=env, capture_output=True, text=True,
+                                       timeout=600)
+  whole = run(tmp_path / "whole")
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  records = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
+  assert [r["step"] for r in records] == list(range(1, 21))
+
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  with open(broken / "stderr.txt", "w") as log:   # a file, not a pipe: XLA's warnings would fill a pipe's buffer
+    proc = subprocess.Popen(command(broken), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+  deadline = time.time() + 400
+  while not (broken / "checkpoints" / "10" / "commit_success.txt").exists():
+    assert proc.poll() is None and time.time() < deadline, (broken / "stderr.txt").read_text()[-3000:]
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(r["step"] for r in read_jsonl(broken / "metrics.jsonl")) < 20
+  resumed = run(broken)
+  assert resumed.returncode == 0 and "resuming from step" in resumed.stdout, resumed.stderr[-3000:]
+  assert losses(read_jsonl(broken / "metrics.jsonl")) == losses(records)
