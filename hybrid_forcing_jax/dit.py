@@ -32,6 +32,7 @@ from hybrid_forcing_jax.attention.hybrid import CacheView, LayerCache, stream_at
 from hybrid_forcing_jax.attention.prefix import prefix_attention
 from hybrid_forcing_jax.config import WanConfig
 from hybrid_forcing_jax.layers import Dtype, LayerNorm, Linear, RMSNorm, gelu_tanh, layer_norm
+from hybrid_forcing_jax.mesh_batch import split_batch
 from hybrid_forcing_jax.rope import apply_rope, rope_tables
 
 
@@ -134,7 +135,8 @@ class SelfAttention(_Attention):
 
   def project(self, x):
     """x [B, L, dim] -> q, k, v [B, L, H, D], q and k RMS-normed across heads, not yet rotated."""
-    return self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+    q, k, v = self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+    return split_batch(q), split_batch(k), split_batch(v)
 
   def __call__(self, x, inputs: BlockInputs, cache: LayerCache | None, frame_tokens: int):
     """Returns the output and, for layouts that return K/V, this chunk's un-rotated (k, v)."""
@@ -304,10 +306,11 @@ class WanDiT(nn.Module):
     t = self._check_timesteps(t, b, f)
     pt, ph, pw = c.patch_size
     gf, gh, gw = f // pt, h // ph, w // pw
-    tokens = self.patch_embedding(x)  # [B, gf, gh*gw, dim]
+    tokens = split_batch(self.patch_embedding(x))  # [B, gf, gh*gw, dim]
     e = self.time_embedding(sinusoidal_embedding(t[:, ::pt], c.freq_dim))  # [B, gf, dim], float32
     cos, sin = rope_tables(c, frame_positions, gh, gw)
-    inputs = BlockInputs(self.time_projection(e), cos, sin, layout, view, visible)   # e0 [B, gf, 6, dim]
+    e0 = split_batch(self.time_projection(e))   # [B, gf, 6, dim]
+    inputs = BlockInputs(e0, cos, sin, layout, view, visible)
     hidden, new_kv = self.blocks(tokens.astype(jnp.float32), (cache, text_kv), inputs)
     return self._as_velocity(self.head(hidden, e, (gf, gh, gw)), x, t), new_kv
 

@@ -13,7 +13,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+
+from hybrid_forcing_jax.mesh_batch import batch_spec
 
 AttentionFn = Callable[..., jnp.ndarray]
 _BACKENDS: dict[str, AttentionFn] = {}
@@ -69,17 +70,16 @@ def attention(q, k, v, *, kv_lengths=None, backend: str = "auto", sparse_ratio: 
     raise ValueError("keep_sink_tokens / keep_own_chunk only apply to block-sparse attention (set sparse_ratio)")
   local = functools.partial(_attention_on_device, backend=backend, sparse_ratio=sparse_ratio,
                             keep_sink_tokens=keep_sink_tokens, keep_own_chunk=keep_own_chunk)
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1 or q.shape[0] % mesh.size:
+  batch = batch_spec(q.shape[0])
+  if batch is None:
     return local(q, k, v, kv_lengths)
-  # Under a mesh (training traces its steps in one: training/steps.jit_train_step) every example's attention
-  # is its own: each device attends over its examples, the batch split over every mesh axis. Left to XLA, a
-  # kernel's inputs may come sharded otherwise (FSDP shards q/k/v's weights on their output axis): cuDNN's
-  # partitioner then refuses q, k and v sharded unalike, and a Pallas call would be gathered and replicated.
-  batch = P(mesh.axis_names)
+  # Under a mesh (mesh_batch.py) every example's attention is its own: each device attends over its examples.
+  # Left to XLA, a kernel's inputs may come sharded otherwise (FSDP shards q/k/v's weights on their output
+  # axis): cuDNN's partitioner then refuses q, k and v sharded unalike, and a Pallas call would be gathered
+  # and replicated.
   lengths_spec = None if kv_lengths is None else batch
-  return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, batch, lengths_spec), out_specs=batch,
-                       check_vma=False)(q, k, v, kv_lengths)
+  return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=(batch, batch, batch, lengths_spec),
+                       out_specs=batch, check_vma=False)(q, k, v, kv_lengths)
 
 
 def _attention_on_device(q, k, v, kv_lengths, *, backend, sparse_ratio, keep_sink_tokens, keep_own_chunk):
