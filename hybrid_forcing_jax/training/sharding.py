@@ -3,8 +3,9 @@ table of rules from canonical parameter names to PartitionSpecs.
 
 Parameters (and their EMA and optimiser moments) are sharded over "fsdp" along their largest axis and
 replicated over "data"; batches are split over both axes, so every device holds distinct examples. The
-rule table (`PARAM_RULES`) is the only place where sharding is decided: jit's in/out shardings are
-derived from it, the model code carries no annotations (architecture.md 2, big_vision's regex rules).
+rule table (`PARAM_RULES`) is the only place where parameter sharding is decided: jit's in/out shardings are
+derived from it (architecture.md 2, big_vision's regex rules). The model names no mesh axis; it only keeps
+its activations split by example wherever a step is traced under a mesh (`traced_in_mesh`, mesh_batch.py).
 """
 from __future__ import annotations
 
@@ -111,9 +112,9 @@ def opt_state_shardings(mesh: Mesh, optimizer: optax.GradientTransformation, opt
 
 
 def traced_in_mesh(fn, mesh: Mesh):
-  """`fn` traced under `mesh` (as jax's abstract mesh), for jit: the model's attention then runs per device
-  on the examples the batch sharding gives it (attention/dispatch.py), instead of as XLA's propagation
-  happens to shard q, k and v."""
+  """`fn` traced under `mesh` (as jax's abstract mesh), for jit: the model then keeps its activations split by
+  example and runs each device's attention on its own examples (mesh_batch.py, attention/dispatch.py),
+  instead of as XLA's propagation happens to shard them."""
   @functools.wraps(fn)
   def traced(*args):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):

@@ -4,7 +4,7 @@ A step differentiates a loss (training/losses/) with respect to ONE tree of floa
 through its compute copy, applies that tree's optimiser, and (for the generator) advances the EMA when the
 optimiser applied an update. Other trees the loss reads are frozen inputs: passed in, never differentiated,
 returned untouched. Sharding is decided at the jit boundary only (`jit_train_step`, which traces the step
-under its mesh so that attention runs per device on its examples).
+under its mesh so that the model keeps every example's activations and attention on its device).
 
   ODE init:  make_train_step(loss)            loss(params, batch, rng)
   DMD:       make_dmd_steps(gen_loss, critic_loss, ...)

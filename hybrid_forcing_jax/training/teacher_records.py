@@ -85,7 +85,8 @@ def jit_sampler(sample, mesh, params_sharding):
   from jax.sharding import NamedSharding, PartitionSpec as P
   from hybrid_forcing_jax.training import sharding
   batch, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
-  return jax.jit(sharding.traced_in_mesh(sample, mesh), in_shardings=(params_sharding, batch, batch, replicated), out_shardings=batch)
+  return jax.jit(sharding.traced_in_mesh(sample, mesh), in_shardings=(params_sharding, batch, batch, replicated),
+                 out_shardings=batch)
 
 
 def main(config, *, command: str, prepare_job, make_sampler, describe, folder_of) -> int:
