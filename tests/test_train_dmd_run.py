@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from hybrid_forcing_jax.training.metrics import read_jsonl
-from tests.train_fixtures import REPO, train_command, write_tiny_dit
+from tests.train_fixtures import REPO, kill_after_checkpoint, train_command, write_tiny_dit
 
 SELF_FORCING = os.path.join(REPO, "configs", "self_forcing.py") + ":tiny"
 HYBRID = os.path.join(REPO, "configs", "hybrid.py") + ":tiny"
@@ -78,14 +76,7 @@ def test_both_phases_resume_exactly_and_stream(setup):
 
   # Phase 1, killed (SIGKILL) as soon as its first checkpoint is committed, resumed: the same records.
   broken = root / "phase1_broken"
-  proc = subprocess.Popen(train_command(str(broken), *phase1, config=SELF_FORCING), cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 400
-  while not (broken / "checkpoints" / "10" / "commit_success.txt").exists():
-    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(train_command(str(broken), *phase1, config=SELF_FORCING), broken, env, step=10)
   path = broken / "metrics.jsonl"
   killed_at = max(r["step"] for r in read_jsonl(path))
   assert killed_at < PHASE1_STEPS

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -36,7 +34,7 @@ from hybrid_forcing_jax.training.config import parse
 from hybrid_forcing_jax.training.rollout import window_noise
 from hybrid_forcing_jax.training.metrics import read_jsonl
 from tests.test_train_dmd_run import SELF_FORCING, losses
-from tests.train_fixtures import REPO, train_command, write_tiny_dit
+from tests.train_fixtures import REPO, kill_after_checkpoint, train_command, write_tiny_dit
 
 BATCH, STEPS = 8, 3
 MEASURE = """
@@ -143,8 +141,7 @@ def test_a_run_on_eight_devices_resumes_with_the_same_losses(tmp_path):
       "--config.train.steps=20", "--config.train.checkpoint_every=10", config=SELF_FORCING)
   # No shared compilation cache here: with the programs read from one, 8 simulated devices on a 2-core CPU
   # run several programs' collectives at once and starve each other's threads (XLA's CPU rendezvous aborts).
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   run = lambda workdir: subprocess.run(command(workdir), cwd=REPO, env=env, capture_output=True, text=True,
                                        timeout=600)
   whole = run(tmp_path / "whole")
@@ -153,15 +150,7 @@ def test_a_run_on_eight_devices_resumes_with_the_same_losses(tmp_path):
   assert [r["step"] for r in records] == list(range(1, 21))
 
   broken = tmp_path / "broken"
-  broken.mkdir()
-  with open(broken / "stderr.txt", "w") as log:   # a file, not a pipe: XLA's warnings would fill a pipe's buffer
-    proc = subprocess.Popen(command(broken), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
-  deadline = time.time() + 400
-  while not (broken / "checkpoints" / "10" / "commit_success.txt").exists():
-    assert proc.poll() is None and time.time() < deadline, (broken / "stderr.txt").read_text()[-3000:]
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(command(broken), broken, env, step=10)
   assert max(r["step"] for r in read_jsonl(broken / "metrics.jsonl")) < 20
   resumed = run(broken)
   assert resumed.returncode == 0 and "resuming from step" in resumed.stdout, resumed.stderr[-3000:]

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "ode_init.py") + ":tiny"
@@ -23,6 +26,22 @@ def data_overrides(folder: str) -> list[str]:
 def run_train(workdir: str, *overrides: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
   return subprocess.run(train_command(workdir, *overrides, **kwargs), cwd=REPO, capture_output=True, text=True,
                         env={**os.environ, **(env or {})}, timeout=300)
+
+
+def kill_after_checkpoint(command: list[str], workdir, env: dict, step: int, timeout: float = 400) -> None:
+  """Start a train `command` for `workdir` and kill it (SIGKILL) as soon as its checkpoint `step` is
+  committed. Its stderr goes to workdir/stderr.txt (shown if it ends first): a pipe nobody reads would fill
+  with XLA's warnings and stall the run."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with open(workdir / "stderr.txt", "w") as log:
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+  deadline = time.time() + timeout
+  while not (workdir / "checkpoints" / str(step) / "commit_success.txt").exists():
+    assert proc.poll() is None and time.time() < deadline, (workdir / "stderr.txt").read_text()[-3000:]
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
 
 
 def write_tiny_inputs(folder: str, num_prompts: int = 4, seed: int = 0) -> None:
