@@ -264,6 +264,7 @@ def first_frame_only(name: str, text_encoder_weights: str, args):
   """One process of --cold_start: the pipeline made, one prompt streamed until its first frame; prints the
   wall-clock time of that frame for the parent to subtract its launch time from."""
   imported = time.time()
+  from hybrid_forcing_jax.sample import use_compilation_cache   # sample's own setting of the cache
   use_compilation_cache(args.compilation_cache_dir)
   pipe, hw = make_pipeline(name, text_encoder_weights, args)
   jax.block_until_ready((pipe.dit_params, pipe.vae_params))
@@ -273,12 +274,6 @@ def first_frame_only(name: str, text_encoder_weights: str, args):
     break   # the first frames are on the host
   print(json.dumps(dict(first_frame_at=time.time(), import_s=round(imported - _IMPORTS_START, 1),
                         weights_s=round(made - imported, 1), device=str(jax.devices()[0].device_kind))), flush=True)
-
-
-def use_compilation_cache(folder: str | None) -> None:
-  if folder:
-    from hybrid_forcing_jax.sample import use_compilation_cache as use
-    use(folder)
 
 
 def cold_start(name: str, text_encoder_weights: str, args) -> None:
