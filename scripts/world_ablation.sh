@@ -5,6 +5,7 @@
 # once per seed; then print the table (python -m hybrid_forcing_jax.world.report) into RUNS/ablation/table.md.
 #
 #   scripts/world_ablation.sh                    # the GPU run, after scripts/world_pipeline.sh
+#   scripts/world_ablation.sh --layout=frame     # after scripts/world_pipeline.sh --layout=frame
 #   scripts/world_ablation.sh --tiny --data=/tmp/world/data --runs=/tmp/world/runs --rows=window --seeds=0  # CPU
 #
 # --data, --runs: scripts/world_pipeline.sh's folders (its exports are read, RUNS/ablation is written);
@@ -13,17 +14,18 @@
 # to resume: training continues from its checkpoint, an evaluation of the current student is kept.
 set -euo pipefail
 
-variant="" size="" data=data/world runs=runs/world seeds=0,1 rows=window,hybrid,relative_rope,regulariser,decoupled
+size="" layout="" data="" runs="" seeds=0,1 rows=window,hybrid,relative_rope,regulariser,decoupled
 num_videos=48 eval_flags=() extra=()
 for arg in "$@"; do
   case "$arg" in
-    --tiny) variant=":tiny" size=",tiny" num_videos=2 eval_flags=(--horizon_seconds=5) ;;
+    --tiny) size="tiny" num_videos=2 eval_flags=(--horizon_seconds=5) ;;
+    --layout=*) layout="${arg#--layout=}" ;;
     --data=*) data="${arg#--data=}" ;;
     --runs=*) runs="${arg#--runs=}" ;;
     --seeds=*) seeds="${arg#--seeds=}" ;;
     --rows=*) rows="${arg#--rows=}" ;;
     --num_videos=*) num_videos="${arg#--num_videos=}" ;;
-    --help|-h) sed -n '2,13p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_ablation.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -41,8 +43,13 @@ done
 SCRIPT=world_ablation.sh
 # shellcheck source=scripts/world_lib.sh
 source "$(dirname "$0")/world_lib.sh"
+found=$(world_variant "$size" "$layout") || exit 2
+read -r world default_data default_runs _ <<< "$found"
+# variant: the world configs' (":tiny,frame"); size: the same after an ablation row ("window,tiny,frame")
+if [[ "$world" == - ]]; then variant="" size=""; else variant=":$world" size=",$world"; fi
+data=${data:-$default_data} runs=${runs:-$default_runs}
 
-first="run scripts/world_pipeline.sh first (same --tiny, --data, --runs)"
+first="run scripts/world_pipeline.sh first (same --tiny, --layout, --data, --runs)"
 needs() {  # needs RUN: the newest export of the main pipeline's stage RUN, or refuse
   local found
   found=$(latest_export "$runs/$1")

@@ -21,3 +21,14 @@ require_export() {  # latest_export, or exit 1 naming the run
   [[ -n "$found" ]] || { echo "$SCRIPT: error: no export in $1/export" >&2; exit 1; }
   echo "$found"
 }
+
+world_variant() {  # world_variant SIZE LAYOUT -> one line "VARIANT DATA RUNS TEMPORAL_FACTOR": the configs/world
+  # variant ("tiny,frame"; "-" for none), its default data and runs folders and its codec's temporal factor
+  # (configs/world/common.py); an unknown layout fails, naming the choices
+  local v
+  v=$(IFS=,; parts=($1 $2); echo "${parts[*]}")
+  python -c "import sys; from configs.world import common as c
+v = '$v'
+try: print(v or '-', c.data_folder(v), c.runs_folder(v), c.codec(v).temporal_factor)
+except ValueError as e: sys.exit(f'$SCRIPT: error: {e}')"
+}

@@ -5,40 +5,59 @@
 #
 #   scripts/world_pipeline.sh                    # the GPU run: data/world, runs/world
 #   scripts/world_pipeline.sh --tiny --data=/tmp/world/data --runs=/tmp/world/runs   # CPU, tiny models
+#   scripts/world_pipeline.sh --layout=frame     # one video frame a latent frame: data/world_frame, runs/world_frame
+#   scripts/world_pipeline.sh --teacher=FOLDER   # an existing teacher export instead of the teacher step
 #
 # Every step resumes: run the same command again after an interruption and each finished step returns
 # quickly (train continues from its last checkpoint, make_ode_pairs skips finished shards, world.prepare
 # keeps what exists). Any --config.* flag is passed to every train command (e.g. --config.train.log_every=10).
 set -euo pipefail
 
-variant="" data=data/world runs=runs/world num_prompts=1000 extra=()
+size="" layout="" data="" runs="" teacher="" num_prompts=1000 extra=()
 for arg in "$@"; do
   case "$arg" in
-    --tiny) variant=":tiny" num_prompts=8 ;;
+    --tiny) size="tiny" num_prompts=8 ;;
+    --layout=*) layout="${arg#--layout=}" ;;
     --data=*) data="${arg#--data=}" ;;
     --runs=*) runs="${arg#--runs=}" ;;
-    --help|-h) sed -n '2,11p' "$0"; exit 0 ;;
+    --teacher=*) teacher="${arg#--teacher=}" ;;
+    --help|-h) sed -n '2,13p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_pipeline.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
+SCRIPT=world_pipeline.sh
+# shellcheck source=scripts/world_lib.sh
+source "$(dirname "$0")/world_lib.sh"
+found=$(world_variant "$size" "$layout") || exit 2
+read -r variant default_data default_runs temporal_factor <<< "$found"
+[[ "$variant" == - ]] && variant="" || variant=":$variant"
+data=${data:-$default_data} runs=${runs:-$default_runs}
+[[ -z "$teacher" || -f "$teacher/config.json" ]] ||
+  { echo "world_pipeline.sh: error: --teacher=$teacher has no config.json (not an exported model folder)" >&2; exit 2; }
 
 text=(--config.text.encoder="$data/text/text_encoder" --config.text.tokenizer="$data/text/tokenizer"
       --config.text.cache_dir="$data/text_cache")
 prompts=(--config.data.prompts="$data/prompts.txt")
-
-SCRIPT=world_pipeline.sh
-# shellcheck source=scripts/world_lib.sh
-source "$(dirname "$0")/world_lib.sh"
 
 train() {  # train STAGE_CONFIG WORKDIR OVERRIDES...
   python -m hybrid_forcing_jax.train --config="configs/world/$1.py$variant" --workdir="$2" "${text[@]}" \
     "${@:3}" "${extra[@]}"
 }
 
-step prepare python -m hybrid_forcing_jax.world.prepare --output="$data" --num_prompts="$num_prompts"
+step prepare python -m hybrid_forcing_jax.world.prepare --output="$data" --num_prompts="$num_prompts" \
+  --temporal_factor="$temporal_factor"
 
-step teacher train teacher "$runs/teacher" --config.data.codec="$data/codec"
+adopt_teacher() {  # --teacher: its export becomes the teacher run's (the later steps and world_ablation.sh read it there)
+  [[ -n "$(latest_export "$runs/teacher")" ]] && return
+  mkdir -p "$runs/teacher/export"
+  cp -r "$teacher" "$runs/teacher/export/$(basename "$teacher")"
+}
+if [[ -n "$teacher" ]]; then
+  step teacher adopt_teacher
+else
+  step teacher train teacher "$runs/teacher" --config.data.codec="$data/codec"
+fi
 teacher=$(require_export "$runs/teacher")
 
 step ode_pairs python -m hybrid_forcing_jax.make_ode_pairs --config="configs/world/ode_init.py$variant" "${text[@]}" \

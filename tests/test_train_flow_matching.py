@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.world import common
 from configs.world import teacher as teacher_config
 from hybrid_forcing_jax import flow
 from hybrid_forcing_jax.training import builders, optim, stages
@@ -21,6 +22,7 @@ from hybrid_forcing_jax.training.config import ConfigError, parse
 from hybrid_forcing_jax.training.losses.flow_matching import drop_captions, flow_matching_loss, noised_inputs
 from hybrid_forcing_jax.training.state import TrainState
 from hybrid_forcing_jax.world.assets import prepare
+from hybrid_forcing_jax.world.scene import long_memory_fits
 
 WORLD_CONFIGS = ("teacher", "ode_init", "self_forcing", "hybrid")
 
@@ -140,11 +142,22 @@ def test_bad_inputs_are_refused_naming_the_key(world_run, tmp_path):
     parse(typo)
 
 
-@pytest.mark.parametrize("variant", ["", "tiny"])
+@pytest.mark.parametrize("variant", ["", "tiny", "frame", "tiny,frame"])
 def test_world_configs_parse_and_share_the_teachers_architecture(variant):
   runs = {name: parse(importlib.import_module(f"configs.world.{name}").get_config(variant)) for name in WORLD_CONFIGS}
   teacher = runs["teacher"]
   architecture = builders.wan_config(teacher.model)
+  # The layout's codec: its channels in and out of every DiT, its video length -> the latent frames trained on.
+  codec = common.codec(variant)
+  assert architecture.in_dim == architecture.out_dim == codec.z_dim
+  assert teacher.data.num_frames == 1 + (teacher.world.num_frames - 1) // codec.temporal_factor
+  assert teacher.data.codec == f"{common.data_folder(variant)}/codec"
+  if "tiny" not in variant:   # the full-size worlds' long-memory videos test the hybrid students' memory
+    stream = runs["hybrid"].stream
+    long_memory_fits(teacher.world, sink_frames=stream.sink_frames, window_frames=stream.window_frames,
+                     chunk_frames=stream.chunk_frames, temporal_factor=codec.temporal_factor)
+    assert teacher.data.num_frames == 21 and runs["ode_init"].teacher.checkpoint.startswith(
+        common.runs_folder(variant) + "/teacher/export/")
   for name, run in runs.items():
     assert (run.data.num_frames, tuple(run.data.latent_hw)) == (teacher.data.num_frames, tuple(teacher.data.latent_hw))
     assert run.text == teacher.text

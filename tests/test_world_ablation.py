@@ -70,7 +70,7 @@ def test_each_row_adds_exactly_its_part(size):
     assert ode_init.startswith("runs/world/ode_init/export/") and phase_1.startswith("runs/world/self_forcing/export/")
 
 
-@pytest.mark.parametrize("variant", ["", "tiny", "window,hybrid", "windows", "window,tiny,x"])
+@pytest.mark.parametrize("variant", ["", "tiny", "window,hybrid", "windows", "window,tiny,x", "window,frame,frame"])
 def test_a_variant_must_name_one_row(variant):
   with pytest.raises(ValueError, match="name one row of"):
     ablation.get_config(variant)

@@ -10,7 +10,7 @@ of Hybrid Forcing to the row before it (docs/world.md, "Ablation and long memory
 Every row is configs/world/hybrid.py (phase 2's optimiser, rollouts, steps, sparsity) with only the keys
 its row list names changed; the first four start from the world ODE-init export (the one phase 1 starts
 from), `decoupled` from phase 1's export. Rows `window` and `hybrid` are the long-memory pair (the linear
-memory off and on). Give the row, and `tiny` for the CPU, as the variant:
+memory off and on). Give the row, and `tiny` for the CPU or a layout (`frame`), as the variant:
 
   python -m hybrid_forcing_jax.train --config=configs/world/ablation.py:window \
       --workdir=runs/world/ablation/seed0/window --config.train.seed=0 --config.data.seed=0
@@ -19,7 +19,7 @@ memory off and on). Give the row, and `tiny` for the CPU, as the variant:
 """
 import ml_collections
 
-from configs.world import hybrid, self_forcing
+from configs.world import common, hybrid, self_forcing
 
 ROWS = ("window", "hybrid", "relative_rope", "regulariser", "decoupled")
 # The part each row adds, as what the rows before it have instead (keys of configs/world/hybrid.py).
@@ -31,22 +31,27 @@ WITHOUT = {
 
 
 def parse_variant(variant: str) -> tuple[str, str]:
-  """'window' or 'window,tiny' -> (row, '' or 'tiny')."""
+  """'window', 'window,tiny' or 'window,tiny,frame' -> (row, the rest: a world variant of configs/world/common)."""
   parts = [p for p in variant.split(",") if p]
-  size = "tiny" if "tiny" in parts else ""
-  rows = [p for p in parts if p != "tiny"]
-  if len(rows) != 1 or rows[0] not in ROWS or len(parts) != len(rows) + bool(size):
-    raise ValueError(f"configs/world/ablation.py: variant {variant!r}: name one row of {list(ROWS)}, "
-                     "optionally with ',tiny' (e.g. configs/world/ablation.py:window,tiny)")
-  return rows[0], size
+  rows = [p for p in parts if p in ROWS]
+  rest = ",".join(p for p in parts if p not in ROWS)
+  try:
+    common.parse_variant(rest)
+  except ValueError:
+    rows = []
+  if len(rows) != 1:
+    raise ValueError(f"configs/world/ablation.py: variant {variant!r}: name one row of {list(ROWS)}, optionally "
+                     "with the world's variant: 'tiny' and a layout of configs/world/common.LAYOUTS "
+                     "(e.g. configs/world/ablation.py:window,tiny)")
+  return rows[0], rest
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  row, size = parse_variant(variant)
-  c = hybrid.get_config(size)
+  row, world = parse_variant(variant)
+  c = hybrid.get_config(world)
   if row == "decoupled":
     return c
-  c.model.checkpoint = self_forcing.get_config(size).model.checkpoint   # the ODE-init export
+  c.model.checkpoint = self_forcing.get_config(world).model.checkpoint   # the ODE-init export
   for part in ROWS[ROWS.index(row) + 1:]:
     for key, value in WITHOUT.get(part, {}).items():
       *path, name = key.split(".")

@@ -1,6 +1,7 @@
 """What the world pipeline's configs share: the world's DiT, its text encoder and codec folders
-(written by `python -m hybrid_forcing_jax.world.prepare --output=data/world`), the latent geometry of
-its videos, and the `:tiny` variant's smaller world. configs/world/{ode_init,self_forcing,hybrid}.py are
+(written by `python -m hybrid_forcing_jax.world.prepare --output=data/world`), the latent layouts and geometry
+of its videos, and the variants: `tiny` (a smaller world and DiT for the CPU) and a layout (`frame`),
+comma-separated (configs/world/teacher.py:tiny,frame). configs/world/{ode_init,self_forcing,hybrid}.py are
 the top-level configs of the same name with `apply_world` on top; configs/world/teacher.py is the
 flow_matching stage's.
 """
@@ -13,7 +14,12 @@ from hybrid_forcing_jax.world.text import TEXT_LEN, world_tokenizer, world_umt5_
 DATA = "data/world"   # world.prepare's output: text/, codec/, prompts.txt; ODE pairs and the text cache
 RUNS = "runs/world"   # the stages' workdirs: runs/world/<stage>
 TEACHER_STEPS = 10000   # configs/world/teacher.py's train.steps: the export the later stages start from
-CODEC = PixelCodecConfig()
+# The latent layouts, each a codec and the video length that makes 21 latent frames of it (variant keyword ->
+# temporal factor, frames, long-memory timing). "" (the default, the shipped model v0's): 4 video frames a latent
+# frame, 81 frames (5 s). "frame": one video frame a latent frame, 21 frames (1.3 s), so that motion lies between
+# tokens instead of inside a token's channels; its teacher is the first to draw the caption's shape (docs/world.md,
+# "Layout and learning rate, side by side"). The same 5376 tokens a video either way.
+LAYOUTS = {"": (4, 81, (12, 32, 68)), "frame": (1, 21, (4, 8, 16))}
 
 # One architecture for the teacher, the student and the critic (Self-Forcing with the 1.3B as its own
 # teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
@@ -42,65 +48,101 @@ TEACHER_CFG = 3.0
 DMD_EMA = dict(ema_decay=0.95, ema_start=0)
 
 
+def parse_variant(variant: str) -> tuple[str, str]:
+  """A world config's variant, comma-separated keywords -> (size: '' or 'tiny', layout: a key of LAYOUTS):
+  '' -> ('', ''), 'tiny' -> ('tiny', ''), 'frame' -> ('', 'frame'), 'tiny,frame' -> ('tiny', 'frame')."""
+  parts = [p for p in variant.split(",") if p]
+  size = "tiny" if "tiny" in parts else ""
+  layouts = [p for p in parts if p != "tiny"]
+  if len(layouts) > 1 or (layouts and layouts[0] not in LAYOUTS) or len(parts) != len(layouts) + bool(size):
+    raise ValueError(f"configs/world: variant {variant!r}: use comma-separated keywords, 'tiny' and at most one "
+                     f"layout of {[k for k in LAYOUTS if k]} (e.g. 'frame' or 'tiny,frame')")
+  return size, (layouts[0] if layouts else "")
+
+
+def data_folder(variant: str) -> str:
+  """world.prepare's output for the variant's layout: DATA, or DATA_<layout> (its own codec and ODE pairs)."""
+  layout = parse_variant(variant)[1]
+  return f"{DATA}_{layout}" if layout else DATA
+
+
+def runs_folder(variant: str) -> str:
+  layout = parse_variant(variant)[1]
+  return f"{RUNS}_{layout}" if layout else RUNS
+
+
+def codec(variant: str) -> PixelCodecConfig:
+  """The variant's pixel codec (what world.prepare --temporal_factor writes)."""
+  return PixelCodecConfig(temporal_factor=LAYOUTS[parse_variant(variant)[1]][0])
+
+
 def world(variant: str) -> WorldConfig:
-  """The world's videos: WorldConfig() (64x64, 81 frames = 21 latent frames); `:tiny` 32x32, 21 frames
-  (6 latent frames, two chunks of 3) for the CPU."""
-  if variant == "tiny":
+  """The world's videos: 64x64 at the layout's length (81 frames, or 21 for 'frame': 21 latent frames either
+  way); `tiny` 32x32, 6 latent frames (two chunks of 3) for the CPU."""
+  size, layout = parse_variant(variant)
+  if size == "tiny":   # 6 latent frames in either layout (21 video frames, or 6 with `frame`)
+    if layout:
+      return WorldConfig(height=32, width=32, num_frames=6, long_memory_frames=(1, 2, 4))
     return WorldConfig(height=32, width=32, num_frames=21, long_memory_frames=(4, 8, 16))
-  return WorldConfig()
+  _, frames, long_memory = LAYOUTS[layout]
+  return WorldConfig(num_frames=frames, long_memory_frames=long_memory)
 
 
-def latent_geometry(w: WorldConfig) -> tuple[int, tuple[int, int]]:
-  """-> (latent frames, (latent height, latent width)) of the world's videos through the codec."""
-  return (1 + (w.num_frames - 1) // CODEC.temporal_factor,
-          (w.height // CODEC.spatial_factor, w.width // CODEC.spatial_factor))
+def latent_geometry(variant: str) -> tuple[int, tuple[int, int]]:
+  """-> (latent frames, (latent height, latent width)) of the variant's videos through its codec."""
+  w, c = world(variant), codec(variant)
+  return (1 + (w.num_frames - 1) // c.temporal_factor, (w.height // c.spatial_factor, w.width // c.spatial_factor))
 
 
-def channels() -> dict:
+def channels(variant: str) -> dict:
   """The DiT's input / output channels (the codec's) and text width (the world umT5's)."""
-  return dict(in_dim=CODEC.z_dim, out_dim=CODEC.z_dim, text_dim=world_umt5_config(world_tokenizer().vocab_size).dim)
+  z = codec(variant).z_dim
+  return dict(in_dim=z, out_dim=z, text_dim=world_umt5_config(world_tokenizer().vocab_size).dim)
 
 
-def text() -> ml_collections.ConfigDict:
+def text(variant: str) -> ml_collections.ConfigDict:
   """The frozen world umT5 and its word tokenizer; CFG's unconditional branch is the empty prompt
   (the flow_matching stage drops captions to it)."""
+  data = data_folder(variant)
   return ml_collections.ConfigDict(dict(
-      encoder=f"{DATA}/text/text_encoder", tokenizer=f"{DATA}/text/tokenizer", text_len=TEXT_LEN,
-      cache_dir=f"{DATA}/text_cache", negative_prompt=""))
+      encoder=f"{data}/text/text_encoder", tokenizer=f"{data}/text/tokenizer", text_len=TEXT_LEN,
+      cache_dir=f"{data}/text_cache", negative_prompt=""))
 
 
-def export(stage: str, steps: int) -> str:
-  """The final EMA export of a stage's run (the trainer writes export/<step>)."""
-  return f"{RUNS}/{stage}/export/{steps:08d}"
+def export(variant: str, stage: str, steps: int) -> str:
+  """The final EMA export of a stage's run of the variant's layout (the trainer writes export/<step>)."""
+  return f"{runs_folder(variant)}/{stage}/export/{steps:08d}"
 
 
 def set_dit(section: ml_collections.ConfigDict, checkpoint: str, variant: str) -> None:
-  """A `model`-shaped section -> the world's DiT: its overrides keep theirs (linear_proj); `:tiny` keeps the
-  tiny preset, random weights and float32 of the top-level `:tiny`, with TINY_WORLD_DIT's widths."""
-  extra = TINY_WORLD_DIT if variant == "tiny" else WORLD_DIT
-  section.overrides = {**dict(section.overrides), **extra, **channels()}
-  if variant != "tiny":
+  """A `model`-shaped section -> the world's DiT for the variant's layout (its codec's channels): its overrides
+  keep theirs (linear_proj); `tiny` keeps the tiny preset, random weights and float32 of the top-level
+  `:tiny`, with TINY_WORLD_DIT's widths."""
+  tiny = parse_variant(variant)[0] == "tiny"
+  section.overrides = {**dict(section.overrides), **(TINY_WORLD_DIT if tiny else WORLD_DIT), **channels(variant)}
+  if not tiny:
     section.update(dict(preset="wan_1_3b", checkpoint=checkpoint))
 
 
 def apply_world(c: ml_collections.ConfigDict, variant: str, *, model: str) -> None:
-  """A top-level config (ode_init / self_forcing / hybrid, already of `variant`) -> its world version:
-  the generator starts from `model` (a converted folder), the teacher (and DMD's critic) from the
-  world teacher's export; world text, prompts and latent geometry; DMD's long rollouts through the
-  pixel codec; the LRs scaled by LR_SCALE."""
-  teacher = export("teacher", TEACHER_STEPS)
+  """A top-level config (ode_init / self_forcing / hybrid, already of the variant's size) -> its world version
+  for the variant's size and layout: the generator starts from `model` (a converted folder), the teacher (and
+  DMD's critic) from the world teacher's export; world text, prompts and latent geometry; DMD's long rollouts
+  through the pixel codec; the LRs scaled by LR_SCALE."""
+  data = data_folder(variant)
+  teacher = export(variant, "teacher", TEACHER_STEPS)
   set_dit(c.model, model, variant)
   set_dit(c.teacher, teacher, variant)
   if "critic" in c:
     set_dit(c.critic, teacher, variant)
-  c.text = text()
-  frames, hw = latent_geometry(world(variant))
-  c.data.update(dict(prompts=f"{DATA}/prompts.txt", num_frames=frames, latent_hw=hw))
+  c.text = text(variant)
+  frames, hw = latent_geometry(variant)
+  c.data.update(dict(prompts=f"{data}/prompts.txt", num_frames=frames, latent_hw=hw))
   if "ode_pairs" in c:
-    c.ode_pairs.update(dict(output_dir=f"{DATA}/ode_pairs", guidance=TEACHER_CFG))
+    c.ode_pairs.update(dict(output_dir=f"{data}/ode_pairs", guidance=TEACHER_CFG))
   if "dmd" in c:
-    c.dmd.vae = f"{DATA}/codec"
-  if variant != "tiny":
+    c.dmd.vae = f"{data}/codec"
+  if parse_variant(variant)[0] != "tiny":
     c.optim.lr *= LR_SCALE
     c.train.update(dict(export_every=EXPORT_EVERY[c.stage], checkpoint_every=EXPORT_EVERY[c.stage], keep_every=0))
     # 9.1M parameters: activations fit without recomputation (the teacher's training step peaks at 48 GiB).
@@ -110,4 +152,3 @@ def apply_world(c: ml_collections.ConfigDict, variant: str, *, model: str) -> No
     if "dmd" in c:
       c.dmd.critic_lr *= LR_SCALE
       c.optim.update(DMD_EMA)
-

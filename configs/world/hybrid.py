@@ -11,6 +11,7 @@ from configs.world import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = hybrid.get_config(variant)
-  common.apply_world(c, variant, model=common.export("self_forcing", self_forcing.get_config().train.steps))
+  size, _ = common.parse_variant(variant)
+  c = hybrid.get_config(size)
+  common.apply_world(c, variant, model=common.export(variant, "self_forcing", self_forcing.get_config().train.steps))
   return c

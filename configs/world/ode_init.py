@@ -12,6 +12,7 @@ from configs.world import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = ode_init.get_config(variant)
-  common.apply_world(c, variant, model=common.export("teacher", common.TEACHER_STEPS))
+  size, _ = common.parse_variant(variant)
+  c = ode_init.get_config(size)
+  common.apply_world(c, variant, model=common.export(variant, "teacher", common.TEACHER_STEPS))
   return c

@@ -11,6 +11,7 @@ from configs.world import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = self_forcing.get_config(variant)
-  common.apply_world(c, variant, model=common.export("ode_init", ode_init.get_config().train.steps))
+  size, _ = common.parse_variant(variant)
+  c = self_forcing.get_config(size)
+  common.apply_world(c, variant, model=common.export(variant, "ode_init", ode_init.get_config().train.steps))
   return c

@@ -2,6 +2,7 @@
 tokenizer, the pixel codec, and a prompts file of training captions (world/assets.py).
 
   python -m hybrid_forcing_jax.world.prepare --output=data/world [--num_prompts=1000 --seed=0]
+  python -m hybrid_forcing_jax.world.prepare --output=data/world_frame --temporal_factor=1   # layout `frame`
 
 Each part that already exists is kept (the pipeline's steps are resumable; nothing is overwritten).
 """
@@ -17,6 +18,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Folder to write text/, codec/ and prompts.txt into")
 flags.DEFINE_integer("num_prompts", 1000, "Captions in prompts.txt (make_ode_pairs writes one ODE pair per line)")
 flags.DEFINE_integer("seed", 0, "Seed of the train examples whose captions go into prompts.txt")
+flags.DEFINE_integer("temporal_factor", 4, "Video frames a latent frame of the codec (the world configs' layout: 4 "
+                     "by default, 1 for the variant `frame`)")
 
 
 def main(argv) -> int:
@@ -26,8 +29,15 @@ def main(argv) -> int:
     raise cli.BadInput(f"--num_prompts must be >= 1, got {FLAGS.num_prompts}")
   if os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
     raise cli.BadInput(f"--output={FLAGS.output}: exists and is not a folder")
+  if FLAGS.temporal_factor < 1:
+    raise cli.BadInput(f"--temporal_factor must be >= 1, got {FLAGS.temporal_factor}")
   from hybrid_forcing_jax.world.assets import prepare   # lazy: --help without jax
-  for line in prepare(FLAGS.output, FLAGS.num_prompts, FLAGS.seed):
+  from hybrid_forcing_jax.world.codec import PixelCodecConfig
+  try:
+    lines = prepare(FLAGS.output, FLAGS.num_prompts, FLAGS.seed, PixelCodecConfig(temporal_factor=FLAGS.temporal_factor))
+  except ValueError as e:
+    raise cli.BadInput(str(e)) from None
+  for line in lines:
     print(f"world.prepare: {line}")
   return 0
 

@@ -1,0 +1,71 @@
+"""The world's latent layouts (configs/world/common.LAYOUTS): world.prepare writes the layout's codec and refuses
+a folder prepared for another one; the pipeline scripts take the layout and refuse what they cannot run."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs.world import common
+from hybrid_forcing_jax.latent_codec import load_latent_codec
+from hybrid_forcing_jax.world.codec import PixelCodec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def prepare(output, *flags):
+  return subprocess.run([sys.executable, "-m", "hybrid_forcing_jax.world.prepare", f"--output={output}",
+                         "--num_prompts=2", *flags], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+
+
+def test_prepare_writes_the_layouts_codec_and_refuses_a_folder_of_another(tmp_path):
+  out = tmp_path / "world_frame"
+  done = prepare(out, f"--temporal_factor={common.codec('frame').temporal_factor}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  codec, _ = load_latent_codec(str(out / "codec"))
+  assert isinstance(codec, PixelCodec) and codec.config == common.codec("frame")
+  config_json = (out / "codec" / "config.json").read_text()
+  done = prepare(out)   # the default layout's codec, asked of the `frame` folder
+  assert done.returncode == 2
+  assert done.stderr.strip().startswith(f"world.prepare: error: {out / 'codec'} holds the codec"), done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1
+  assert (out / "codec" / "config.json").read_text() == config_json   # nothing overwritten
+  done = prepare(out, "--temporal_factor=1")   # the same layout again: every part kept
+  assert done.returncode == 0 and done.stdout.count("kept") == 3, done.stdout
+
+
+def test_prepare_refuses_a_temporal_factor_below_one(tmp_path):
+  done = prepare(tmp_path / "w", "--temporal_factor=0")
+  assert done.returncode == 2 and "--temporal_factor must be >= 1, got 0" in done.stderr
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("script", ["world_pipeline.sh", "world_ablation.sh"])
+def test_scripts_refuse_an_unknown_layout_naming_the_choices(script, tmp_path):
+  done = subprocess.run(["bash", f"scripts/{script}", "--tiny", "--layout=frames", f"--data={tmp_path}/d",
+                         f"--runs={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.strip() == (f"{script}: error: configs/world: variant 'tiny,frames': use comma-separated "
+                                 "keywords, 'tiny' and at most one layout of ['frame'] (e.g. 'frame' or 'tiny,frame')")
+  assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "r")
+
+
+def test_pipeline_refuses_a_teacher_that_is_no_export(tmp_path):
+  (tmp_path / "teacher").mkdir()
+  done = subprocess.run(["bash", "scripts/world_pipeline.sh", "--tiny", f"--teacher={tmp_path}/teacher",
+                         f"--data={tmp_path}/d", f"--runs={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT,
+                        env=ENV, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.strip() == (f"world_pipeline.sh: error: --teacher={tmp_path}/teacher has no config.json "
+                                 "(not an exported model folder)")
+  assert not os.path.exists(tmp_path / "d")
+
+
+def test_layouts_give_the_same_tokens_a_video():
+  """Either layout: 21 latent frames of 32x32 latents (5376 tokens through the DiT's 2x2 patches); the `frame`
+  layout packs one video frame a latent frame (12 channels) where the default packs four (48)."""
+  for variant, video_frames, channels in (("", 81, 48), ("frame", 21, 12)):
+    frames, hw = common.latent_geometry(variant)
+    assert (frames, hw, common.channels(variant)["in_dim"]) == (21, (32, 32), channels), variant
+    assert common.world(variant).num_frames == video_frames
