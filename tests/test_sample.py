@@ -2,6 +2,7 @@
 MP4 and `--seconds=inf` streams until Ctrl-C; bad input exits 2 with one line naming the problem, before
 any work and without touching an existing file; Ctrl-C before the first frame leaves no file and exits
 130. The pipeline's own behaviour (prompt switches, flat memory) runs on a tiny Wan-shaped model."""
+import itertools
 import json
 import os
 import signal
@@ -276,6 +277,35 @@ def test_pieces_of_one_latent_frame_give_the_same_video_first_frame_first(tiny_w
   # round differently from those over 3; in float32 pieces equal one call, tests/test_vae_streaming.py).
   diff = np.abs(video_a - video_b)
   assert video_a.shape == video_b.shape and diff.max() <= 16 and diff.mean() < 1.0
+
+
+def test_first_frames_leave_before_the_cache_write_and_the_later_pieces(tiny_wan_model, monkeypatch):
+  """The video's first piece is yielded before the chunk's cache write is called (or, on a cold start, compiled)
+  and before the chunk's later pieces are decoded: a cold start's first frame waits for none of their programs."""
+  from hybrid_forcing_jax import pipeline
+  from hybrid_forcing_jax.streaming import sampler
+  calls = []
+  phases = sampler.jitted_phases
+
+  def recorded_phases(dit, stream):
+    denoise, write = phases(dit, stream)
+    return denoise, lambda *a: (calls.append("write"), write(*a))[1]
+
+  monkeypatch.setattr(sampler, "jitted_phases", recorded_phases)
+  pipe = pipeline.from_checkpoints(hybrid_stream(), vae_frames_per_call=1, **tiny_wan_model)
+  decode_pieces = pipe.vae.decode_pieces
+
+  def recorded_pieces(*a):
+    for piece in decode_pieces(*a):
+      calls.append("piece")
+      yield piece
+
+  monkeypatch.setattr(pipe.vae, "decode_pieces", recorded_pieces)
+  stream = pipe.frames([(0, "a blue square bouncing")], height=64, width=64, seed=0)
+  index, first = next(stream)
+  assert (index, len(first), calls) == (0, 1, ["piece"])
+  assert [(i, len(f)) for i, f in itertools.islice(stream, 3)] == [(0, 4), (0, 4), (1, 4)]
+  assert calls[:4] == ["piece", "piece", "piece", "write"]
 
 
 def test_sample_writes_pieces_and_counts_chunks(tiny_wan_model, tmp_path, capsys):
