@@ -45,6 +45,9 @@ starts the setting twice, each in a fresh process sharing one new, empty persist
                    compilations the first frame needs, the first frame's own work)
   import_s, weights_s      of it: importing the modules; making the weights on the device (random here; a real
                    start reads them from disk instead)
+  compile_log      where the compilations went (jax_log_compiles): per stage (trace, lower, compile: XLA's
+                   compilation, or the read of its result from the persistent cache) the total seconds, the
+                   number of programs and the slowest ones
 """
 from __future__ import annotations
 
@@ -53,7 +56,9 @@ import dataclasses
 import functools
 import importlib
 import json
+import logging
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -260,10 +265,40 @@ def run_setting(name: str, text_encoder_weights: str, args):
       peak_gib=device_gib(), peak_gib_after_chunks=peaks, memory_gib=memory, finite=finite)), flush=True)
 
 
+class CompileLog(logging.Handler):
+  """jax's compile log (jax_log_compiles) -> seconds per program and stage: where a cold start's time goes."""
+  PATTERN = re.compile(r"^Finished (tracing|jaxpr to MLIR module conversion|XLA compilation of) ?(.*?) "
+                       r"(?:for jit )?in ([0-9.e-]+) sec")
+  STAGES = {"tracing": "trace", "jaxpr to MLIR module conversion": "lower", "XLA compilation of": "compile"}
+
+  def __init__(self):
+    super().__init__()
+    self.seconds: dict[str, dict[str, float]] = {}
+
+  def emit(self, record):
+    found = self.PATTERN.match(record.getMessage())
+    if found:
+      stage, program, seconds = self.STAGES[found[1]], found[2].removeprefix("jit(").removesuffix(")"), float(found[3])
+      per_stage = self.seconds.setdefault(stage, {})
+      per_stage[program] = per_stage.get(program, 0.0) + seconds
+
+  def summary(self, top: int = 6) -> dict:
+    """{stage: {"total_s", "programs", "top": {program: s}}} for trace, lower and compile (XLA's, or a read
+    from the persistent cache)."""
+    return {stage: dict(total_s=round(sum(p.values()), 1), programs=len(p),
+                        top={k: round(v, 1) for k, v in sorted(p.items(), key=lambda kv: -kv[1])[:top]})
+            for stage, p in self.seconds.items()}
+
+
 def first_frame_only(name: str, text_encoder_weights: str, args):
   """One process of --cold_start: the pipeline made, one prompt streamed until its first frame; prints the
-  wall-clock time of that frame for the parent to subtract its launch time from."""
+  wall-clock time of that frame for the parent to subtract its launch time from, and where the compilation
+  time went (jax's compile log)."""
   imported = time.time()
+  compile_log = CompileLog()
+  jax.config.update("jax_log_compiles", True)
+  logging.getLogger("jax").addHandler(compile_log)
+  logging.getLogger("jax").propagate = False   # the summary is printed, not every line
   from hybrid_forcing_jax.sample import use_compilation_cache   # sample's own setting of the cache
   use_compilation_cache(args.compilation_cache_dir)
   pipe, hw = make_pipeline(name, text_encoder_weights, args)
@@ -273,7 +308,8 @@ def first_frame_only(name: str, text_encoder_weights: str, args):
   for _ in pipe.frames([(0, "a red fox running through fresh snow")], height=hw[0], width=hw[1], seed=0):
     break   # the first frames are on the host
   print(json.dumps(dict(first_frame_at=time.time(), import_s=round(imported - _IMPORTS_START, 1),
-                        weights_s=round(made - imported, 1), device=str(jax.devices()[0].device_kind))), flush=True)
+                        weights_s=round(made - imported, 1), device=str(jax.devices()[0].device_kind),
+                        compile_log=compile_log.summary())), flush=True)
 
 
 def cold_start(name: str, text_encoder_weights: str, args) -> None:
@@ -297,7 +333,7 @@ def cold_start(name: str, text_encoder_weights: str, args) -> None:
           setting=name, text_encoder_weights=text_encoder_weights, vae_frames_per_call=args.vae_frames_per_call,
           device=child["device"], tiny=args.tiny, run=run,
           start_to_first_frame_s=round(child["first_frame_at"] - launched, 1), import_s=child["import_s"],
-          weights_s=child["weights_s"], cache_files=len(os.listdir(cache)))), flush=True)
+          weights_s=child["weights_s"], cache_files=len(os.listdir(cache)), compile_log=child["compile_log"])), flush=True)
   finally:
     shutil.rmtree(cache, ignore_errors=True)
 

@@ -139,8 +139,13 @@ def jitted_phases(model: WanDiT, cfg: StreamConfig):
   """(denoise(params, state) -> chunk, write(params, state, chunk) -> state): `chunk_step` in two
   executables, so a consumer can queue work (the VAE decode) between a chunk's denoising and its
   cache write and get the chunk one forward sooner. `write` donates the state."""
-  return (jax.jit(lambda params, state: denoise_chunk(model, params, cfg, state)),
-          jax.jit(lambda params, state, clean: write_chunk(model, params, cfg, state, clean), donate_argnums=(1,)))
+  def denoise(params, state):   # named functions: programs that jax's compile log and profiles can name
+    return denoise_chunk(model, params, cfg, state)
+
+  def write(params, state, clean):
+    return write_chunk(model, params, cfg, state, clean)
+
+  return jax.jit(denoise), jax.jit(write, donate_argnums=(1,))
 
 
 def rollout(model: WanDiT, params, cfg: StreamConfig, state: StreamState, num_chunks: int, *, exit_step=None,
