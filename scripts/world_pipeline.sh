@@ -7,6 +7,7 @@
 #   scripts/world_pipeline.sh --tiny --data=/tmp/world/data --runs=/tmp/world/runs   # CPU, tiny models
 #   scripts/world_pipeline.sh --layout=frame     # one video frame a latent frame: data/world_frame, runs/world_frame
 #   scripts/world_pipeline.sh --teacher=FOLDER   # an existing teacher export instead of the teacher step
+#   scripts/world_pipeline.sh --steps=ode_init=600,hybrid=400   # a stage's train.steps instead of its config's
 #
 # Every step resumes: run the same command again after an interruption and each finished step returns
 # quickly (train continues from its last checkpoint, make_ode_pairs skips finished shards, world.prepare
@@ -14,6 +15,7 @@
 set -euo pipefail
 
 size="" layout="" data="" runs="" teacher="" num_prompts=1000 extra=()
+declare -A steps=()
 for arg in "$@"; do
   case "$arg" in
     --tiny) size="tiny" num_prompts=8 ;;
@@ -21,7 +23,16 @@ for arg in "$@"; do
     --data=*) data="${arg#--data=}" ;;
     --runs=*) runs="${arg#--runs=}" ;;
     --teacher=*) teacher="${arg#--teacher=}" ;;
-    --help|-h) sed -n '2,13p' "$0"; exit 0 ;;
+    --steps=*)
+      IFS=, read -r -a pairs <<< "${arg#--steps=}"
+      for pair in "${pairs[@]}"; do
+        stage=${pair%%=*} n=${pair#*=}
+        [[ " teacher ode_init self_forcing hybrid " == *" $stage "* && "$n" =~ ^[1-9][0-9]*$ ]] || {
+          echo "world_pipeline.sh: error: --steps: '$pair' is not STAGE=N with STAGE one of teacher, ode_init," \
+               "self_forcing, hybrid and N a positive integer" >&2; exit 2; }
+        steps[$stage]=$n
+      done ;;
+    --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_pipeline.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -41,8 +52,10 @@ text=(--config.text.encoder="$data/text/text_encoder" --config.text.tokenizer="$
 prompts=(--config.data.prompts="$data/prompts.txt")
 
 train() {  # train STAGE_CONFIG WORKDIR OVERRIDES...
+  local limit=()
+  [[ -n "${steps[$1]:-}" ]] && limit=(--config.train.steps="${steps[$1]}")
   python -m hybrid_forcing_jax.train --config="configs/world/$1.py$variant" --workdir="$2" "${text[@]}" \
-    "${@:3}" "${extra[@]}"
+    "${@:3}" "${limit[@]}" "${extra[@]}"
 }
 
 step prepare python -m hybrid_forcing_jax.world.prepare --output="$data" --num_prompts="$num_prompts" \

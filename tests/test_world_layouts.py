@@ -69,3 +69,12 @@ def test_layouts_give_the_same_tokens_a_video():
     frames, hw = common.latent_geometry(variant)
     assert (frames, hw, common.channels(variant)["in_dim"]) == (21, (32, 32), channels), variant
     assert common.world(variant).num_frames == video_frames
+
+
+@pytest.mark.parametrize("steps", ["ode_init=0", "odeinit=5", "hybrid"])
+def test_pipeline_refuses_steps_it_cannot_read(steps, tmp_path):
+  done = subprocess.run(["bash", "scripts/world_pipeline.sh", "--tiny", f"--steps={steps}", f"--data={tmp_path}/d",
+                         f"--runs={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.strip().startswith(f"world_pipeline.sh: error: --steps: '{steps}' is not STAGE=N")
+  assert not os.path.exists(tmp_path / "d")
