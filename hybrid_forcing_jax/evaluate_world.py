@@ -196,14 +196,15 @@ def report(results: dict, world, memory_note: str | None) -> str:
   parts = []
   names = list(results)
   if "prompt_following" in FLAGS.tasks:
-    keys = ("colour", "shape", "direction", "all", "motion", "step_within", "step_across")
+    keys = ("colour", "shape", "direction", "all", "motion", "jumps", "step_within", "step_across")
     body = [[n] + [number(r.get(k)) if r else "n/a" for k in keys]
             for n, r in ((n, results[n]["prompt_following"]) for n in names)]
     captions = {"heldout": "held-out captions", "train": "training captions"}[FLAGS.prompt_split]
-    parts.append(f"Prompt following: {captions}, {FLAGS.num_videos} videos of {world.num_frames} frames; step = median "
-                 "pixels the object moves a frame, within a latent frame and across two\n"
-                 + table(["row", "colour", "shape", "direction", "all correct", "motion", "step within", "step across"],
-                         body))
+    parts.append(f"Prompt following: {captions}, {FLAGS.num_videos} videos of {world.num_frames} frames; jumps = share "
+                 "of frame-to-frame steps over 3x the world's fastest motion; step = median pixels the object moves "
+                 "a frame, within a latent frame and across two\n"
+                 + table(["row", "colour", "shape", "direction", "all correct", "motion", "jumps", "step within",
+                          "step across"], body))
   if "long_horizon" in FLAGS.tasks:
     done = [r["long_horizon"] for r in results.values() if r["long_horizon"]]
     windows = len(done[0]["object"]) if done else 0

@@ -23,8 +23,8 @@ from hybrid_forcing_jax.training import guidance
 from hybrid_forcing_jax.training.teacher import euler_trajectory
 from hybrid_forcing_jax.world.eval_generators import GroundTruth, StreamGenerator, TeacherGenerator
 from hybrid_forcing_jax.world.detect import detect
-from hybrid_forcing_jax.world.eval_metrics import (colour_histogram, histogram_distance, latent_frame_steps,
-                                                   motion_score)
+from hybrid_forcing_jax.world.eval_metrics import (colour_histogram, histogram_distance, jump_share,
+                                                   latent_frame_steps, motion_score)
 from hybrid_forcing_jax.world.scene import WorldConfig
 from hybrid_forcing_jax.world.text import world_text_encoder
 from tests.world_fixtures import save_world_model, world_dit_config
@@ -40,6 +40,7 @@ def test_ground_truth_scores_one_everywhere():
   for split in ("heldout", "train"):
     following = eval_tasks.prompt_following(truth, world, num_videos=12, split=split, **common)
     assert following.pop("motion") > 0.9   # not 1: a leaving object's visible part moves slower at the border
+    assert following.pop("jumps") == 0.0
     # A world object moves alike within a latent frame and across two: ~1.2 px a frame at 64x64.
     within, across = following.pop("step_within"), following.pop("step_across")
     assert 0.8 < within < 1.6 and 0.8 < across < 1.6 and abs(within - across) < 0.3, (within, across)
@@ -206,6 +207,16 @@ def test_motion_score_passes_world_motion_and_fails_still_and_jumping_objects():
   # Still for 4 frames, then 4 pixels at once (a latent frame's object that does not move within it).
   assert motion_score(detect(_square_video(10 + 4.0 * (t // 4))), world) == 0.0
   assert motion_score(detect(np.zeros((5, 64, 64, 3), np.uint8)), world) is None   # never seen
+
+
+def test_jump_share_counts_steps_over_three_times_the_fastest_world_motion():
+  world = WorldConfig()   # fastest: 1.92 px a frame on the main axis, 2.07 with the cross drift: jumps > 6.2 px
+  t = np.arange(20)
+  assert jump_share(detect(_square_video(10 + 1.9 * t)), world) == 0.0   # the fastest world object
+  assert jump_share(detect(_square_video(10 + 4.0 * (t // 4))), world) == 0.0   # 4 px steps: wrong, not jumps
+  teleport = np.where(t < 10, 10.0, 40.0)   # one 30-pixel step among 19
+  assert jump_share(detect(_square_video(teleport)), world) == pytest.approx(1 / 19)
+  assert jump_share(detect(np.zeros((5, 64, 64, 3), np.uint8)), world) is None   # never seen
 
 
 def test_latent_frame_steps_split_steps_at_the_codecs_latent_frames():

@@ -16,6 +16,9 @@ score is in [0, 1] (latent_frame_steps' are pixels); on the ground-truth video t
                   a world object moves alike in both (~1.2 px a frame at 64x64); a model that moves it only
                   from one latent frame to the next (a token's frames as copies) stands still within them
                   and jumps across (docs/world.md, "Teacher4").
+  jump_share      the share of frame-to-frame centroid steps longer than JUMP_FACTOR times the fastest a
+                  world object moves: the object teleports (0 on world videos; what the teachers still do
+                  after the median step looks right, docs/world.md "Layout and learning rate").
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from hybrid_forcing_jax.world.detect import Detection
 from hybrid_forcing_jax.world.scene import WorldConfig
 
 HISTOGRAM_BINS = 8   # per channel: 512 joint bins; every palette colour and background falls in its own
+JUMP_FACTOR = 3.0    # a step over 3x the fastest world motion (~6 px a frame at 64x64) is a jump, not motion
 
 
 def prompt_scores(detection: Detection, example: dict) -> dict[str, float]:
@@ -73,15 +77,31 @@ def latent_frame_steps(detection: Detection, temporal_factor: int) -> dict[str, 
   return {"step_within": median(both & ~across), "step_across": median(both & across)}
 
 
-def motion_score(detection: Detection, world: WorldConfig) -> float | None:
-  """The share of consecutive frames (the object seen in both) whose centroid step, in pixels, lies in
-  [0.5 v_min, 1.5 v_max]: v the world's speed range per frame (`speed` of the picture's side on the main
-  axis, up to `cross_speed` times that across). None when the object is never seen in two frames in a row."""
+def _speeds(world: WorldConfig) -> tuple[float, float]:
+  """(slowest, fastest) a world object moves, in pixels a frame: `speed` of the picture's side on the main
+  axis, up to `cross_speed` times that across."""
   side = min(world.height, world.width)
-  low = 0.5 * world.speed[0] * side
-  high = 1.5 * world.speed[1] * side * float(np.hypot(1.0, world.cross_speed))
+  return world.speed[0] * side, world.speed[1] * side * float(np.hypot(1.0, world.cross_speed))
+
+
+def _steps(detection: Detection) -> np.ndarray | None:
+  """Centroid steps in pixels between consecutive frames that both show the object; None if there are none."""
   both = detection.present[1:] & detection.present[:-1]
   if not both.any():
     return None
-  steps = np.linalg.norm(np.diff(detection.centroids, axis=0), axis=-1)[both]
-  return float(np.mean((steps >= low) & (steps <= high)))
+  return np.linalg.norm(np.diff(detection.centroids, axis=0), axis=-1)[both]
+
+
+def motion_score(detection: Detection, world: WorldConfig) -> float | None:
+  """The share of consecutive frames (the object seen in both) whose centroid step, in pixels, lies in
+  [0.5 v_min, 1.5 v_max], v the world's speed range per frame. None when the object is never seen in two
+  frames in a row."""
+  steps, (slowest, fastest) = _steps(detection), _speeds(world)
+  return None if steps is None else float(np.mean((steps >= 0.5 * slowest) & (steps <= 1.5 * fastest)))
+
+
+def jump_share(detection: Detection, world: WorldConfig) -> float | None:
+  """The share of consecutive frames (the object seen in both) whose centroid step is over JUMP_FACTOR times
+  the world's fastest motion a frame. None when the object is never seen in two frames in a row."""
+  steps = _steps(detection)
+  return None if steps is None else float(np.mean(steps > JUMP_FACTOR * _speeds(world)[1]))

@@ -28,8 +28,8 @@ import numpy as np
 from hybrid_forcing_jax.world import grammar
 from hybrid_forcing_jax.world.dataset import world_example
 from hybrid_forcing_jax.world.detect import detect
-from hybrid_forcing_jax.world.eval_metrics import (latent_frame_steps, motion_score, prompt_scores, return_scores,
-                                                   window_scores)
+from hybrid_forcing_jax.world.eval_metrics import (jump_share, latent_frame_steps, motion_score, prompt_scores,
+                                                   return_scores, window_scores)
 from hybrid_forcing_jax.world.scene import WorldConfig
 
 WINDOW_SECONDS = 5
@@ -72,7 +72,7 @@ def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int
     for v, e in zip(videos, examples):
       detection = detect(v)
       rows.append({**prompt_scores(detection, e), "motion": motion_score(detection, world),
-                   **latent_frame_steps(detection, generate.temporal_factor)})
+                   "jumps": jump_share(detection, world), **latent_frame_steps(detection, generate.temporal_factor)})
     if keep is not None:
       keep += [(e["caption"], np.asarray(v)) for v, e in zip(videos, examples)]
   return {**_mean(rows), "split": split, "videos": len(rows)}
