@@ -27,7 +27,8 @@ LAYOUTS = {"": (4, 81, (12, 32, 68)), "frame": (1, 21, (4, 8, 16))}
 # It predicts x0 (WanConfig.prediction): trained side by side from scratch on two H200s, the velocity-predicting
 # one still scattered single-pixel noise over every frame after 2500 steps where the x0 one drew clean
 # backgrounds, and at 4000 steps solid objects of the caption's colour (docs/world.md, "The x0-predicting teacher").
-WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, prediction="x0")
+# patch_size is Wan's, spelled out so that a run can change it (--config.model.overrides.patch_size='(1, 4, 4)').
+WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, prediction="x0", patch_size=(1, 2, 2))
 # `:tiny`: the tiny preset's 2 layers, but 192 wide, so the 192 values of a token (the noise included)
 # still pass through: at tiny's 48 the flow-matching loss cannot fall far (it must return eps - x0). It keeps
 # predicting the velocity, which the CPU tests' step sizes are set for (the x0 path has tests of its own:
