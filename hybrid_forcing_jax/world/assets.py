@@ -25,7 +25,7 @@ def prepare(output: str, num_prompts: int, seed: int, codec: PixelCodecConfig = 
   if os.path.exists(os.path.join(output, CODEC)):
     found = read_meta(os.path.join(output, CODEC))["config"]
     if found != codec.to_dict():
-      raise ValueError(f"{os.path.join(output, CODEC)} holds the codec {found}, not the one asked for "
+      raise FileExistsError(f"{os.path.join(output, CODEC)} holds the codec {found}, not the one asked for "
                        f"{codec.to_dict()}: use another --output for another layout")
   writers = {TEXT: save_world_text, CODEC: lambda path: save_pixel_codec(path, codec),
              PROMPTS: lambda path: captions_file(path, num_prompts, seed)}

@@ -35,7 +35,7 @@ def main(argv) -> int:
   from hybrid_forcing_jax.world.codec import PixelCodecConfig
   try:
     lines = prepare(FLAGS.output, FLAGS.num_prompts, FLAGS.seed, PixelCodecConfig(temporal_factor=FLAGS.temporal_factor))
-  except ValueError as e:
+  except FileExistsError as e:   # a folder prepared for another layout
     raise cli.BadInput(str(e)) from None
   for line in lines:
     print(f"world.prepare: {line}")
