@@ -75,7 +75,8 @@ import numpy as np
 from hybrid_forcing_jax.config import WAN_1_3B
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.dit import init_params as init_dit_params
-from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, StreamingPipeline, from_checkpoints, model_folders, to_uint8
+from hybrid_forcing_jax.pipeline import (SHIPPED_MODEL, StreamingPipeline, from_checkpoints, model_folders,
+                                         precompile_first_chunk, to_uint8)
 from hybrid_forcing_jax.streaming.config import from_config
 from hybrid_forcing_jax.streaming.sampler import jitted_phases, start
 from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder
@@ -83,6 +84,8 @@ from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
 from hybrid_forcing_jax.vae import WAN21_VAE, WanVAE
 from hybrid_forcing_jax.vae import init_params as init_vae_params
 from hybrid_forcing_jax.world.scene import WorldConfig
+
+FULL_SIZE = (480, 832)   # (height, width) of the full-size videos
 
 
 def host_t5_params(config, key):
@@ -96,9 +99,11 @@ def host_t5_params(config, key):
   return dict(rest, blocks=jax.tree.map(lambda *layers: np.concatenate(layers), *blocks))
 
 
-def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int | None = None) -> StreamingPipeline:
+def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int | None = None,
+                       precompile: bool = False) -> StreamingPipeline:
   """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights. Prompts become fixed pseudo-random
-  token ids (no tokenizer files here); the encoder runs all 512 positions whatever the prompt."""
+  token ids (no tokenizer files here); the encoder runs all 512 positions whatever the prompt. precompile: as
+  `sample --precompile`, the first chunk's programs start compiling once the DiT's weights are made."""
   bf16 = jnp.bfloat16
   if text_weights_on_host:   # before the DiT: the layer-by-layer making's transient memory comes first
     t5_params = host_t5_params(UMT5_XXL, jax.random.key(1))
@@ -119,7 +124,12 @@ def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int
 
   model = WanDiT(wan, dtype=bf16, param_dtype=bf16, attention_backend="auto")
   vae = WanVAE(WAN21_VAE, decode_frames_per_call=vae_frames_per_call)
-  return StreamingPipeline(model, dit_params, cfg, vae, init_vae_params(WAN21_VAE, 0), embed)
+  precompiled = {}
+  if precompile:
+    precompiled = precompile_first_chunk(model, dit_params, cfg,
+                                         jax.ShapeDtypeStruct((1, encoder.text_len, UMT5_XXL.dim), bf16),
+                                         (FULL_SIZE[0] // WAN21_VAE.spatial_factor, FULL_SIZE[1] // WAN21_VAE.spatial_factor))
+  return StreamingPipeline(model, dit_params, cfg, vae, init_vae_params(WAN21_VAE, 0), embed, precompiled)
 
 
 def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw, mp4: str | None = None):
@@ -229,9 +239,10 @@ def make_pipeline(name: str, text_encoder_weights: str, args):
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
   on_host = text_encoder_weights == "host"
   if args.tiny:   # the shipped model makes the world's frames
-    pipe = from_checkpoints(cfg, text_weights_on_host=on_host, **model_folders(SHIPPED_MODEL))
-    return pipe, (WorldConfig().height, WorldConfig().width)
-  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call), (480, 832)
+    hw = (WorldConfig().height, WorldConfig().width)
+    return from_checkpoints(cfg, text_weights_on_host=on_host, precompile_size=hw if args.precompile else None,
+                            **model_folders(SHIPPED_MODEL)), hw
+  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, args.precompile), FULL_SIZE
 
 
 def run_setting(name: str, text_encoder_weights: str, args):
@@ -323,6 +334,8 @@ def cold_start(name: str, text_encoder_weights: str, args) -> None:
              "--first_frame_only", f"--compilation_cache_dir={cache}"] + (["--tiny"] if args.tiny else [])
       if args.vae_frames_per_call:
         cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
+      if args.precompile:
+        cmd.append("--precompile")
       launched = time.time()
       done = subprocess.run(cmd, capture_output=True, text=True, check=False)
       lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -348,6 +361,8 @@ def main():
   parser.add_argument("--vae_frames_per_call", type=int, default=None,
                       help="latent frames per VAE decode call, full size only (WanVAE decode_frames_per_call; default: the chunk)")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
+  parser.add_argument("--precompile", action="store_true",
+                      help="as sample --precompile: the first chunk's programs compile while the rest is made")
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   parser.add_argument("--cold_start", action="store_true",
                       help="time process start -> first frame, with an empty then a filled compilation cache")
@@ -374,6 +389,8 @@ def main():
              f"--sparse_backend={args.sparse_backend}"] + (["--tiny"] if args.tiny else [])
       if args.vae_frames_per_call:
         cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
+      if args.precompile:
+        cmd.append("--precompile")
       if args.mp4:
         cmd.append(f"--mp4={args.mp4}")
       subprocess.run(cmd, check=False)

@@ -82,6 +82,14 @@ def read_meta(folder: str) -> dict:
   return meta
 
 
+def read_config(folder: str, kind_name: str):
+  """A converted folder's config, its weights left unread; a folder of another kind is refused, naming it."""
+  meta = read_meta(folder)
+  if meta["model"] != kind_name:
+    raise ValueError(f"{folder}: holds a {meta['model']!r} checkpoint, not {kind_name!r}")
+  return get_model_kind(kind_name).config_from_dict(meta["config"])
+
+
 def load_checkpoint(folder: str, kind_name: str, *, expected_config=None, dtype=None):
   """Load a converted folder -> (config, params tree of jax arrays).
 
@@ -90,11 +98,8 @@ def load_checkpoint(folder: str, kind_name: str, *, expected_config=None, dtype=
   dtype: cast floating parameters stored in a wider type than this down to it (e.g. float32 for
   parity tests keeps everything float32; None keeps the stored dtypes).
   """
-  meta = read_meta(folder)
-  if meta["model"] != kind_name:
-    raise ValueError(f"{folder}: holds a {meta['model']!r} checkpoint, not {kind_name!r}")
+  config = read_config(folder, kind_name)
   kind = get_model_kind(kind_name)
-  config = kind.config_from_dict(meta["config"])
   if expected_config is not None and config != expected_config:
     a, b = config.to_dict(), expected_config.to_dict()
     diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

@@ -7,16 +7,18 @@ grows with the video's length.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import os
+import threading
 from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_forcing_jax.checkpoint import load_checkpoint
+from hybrid_forcing_jax.checkpoint import load_checkpoint, read_config
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.latent_codec import load_latent_codec
 from hybrid_forcing_jax.streaming import sampler
@@ -36,6 +38,9 @@ class StreamingPipeline:
   vae: WanVAE        # or the world's PixelCodec: any latent codec of latent_codec.py
   vae_params: dict
   embed: Callable[[Sequence[str]], jnp.ndarray]  # prompts -> [B, text_len, text_dim]
+  # precompile_first_chunk's programs still compiling, by name ("start", "denoise"): the stream waits for each
+  # before its first call (compiling it again meanwhile would only double the work).
+  precompiled: dict[str, concurrent.futures.Future] = dataclasses.field(default_factory=dict)
 
   def video_frames_of_chunk(self, index: int) -> int:
     tf, f = self.vae.config.temporal_factor, self.stream.chunk_frames
@@ -67,8 +72,9 @@ class StreamingPipeline:
     latent_hw = (height // sf, width // sf)
     prompts = PromptEmbeddingCache(self.embed)
     switches = dict(schedule)
-    state = sampler.start(self.dit, self.dit_params, self.stream, prompts.get(switches[0])[None],
-                          jax.random.key(seed), latent_hw)
+    context = prompts.get(switches[0])[None]
+    self._compiled("start")
+    state = sampler.start(self.dit, self.dit_params, self.stream, context, jax.random.key(seed), latent_hw)
     denoise, write = sampler.jitted_phases(self.dit, self.stream)
     vae_cache = None
     chunks = itertools.count() if num_chunks is None else range(num_chunks)
@@ -76,6 +82,7 @@ class StreamingPipeline:
       if index > 0 and index in switches:
         text_kv = sampler.prompt_kv(self.dit, self.dit_params, prompts.get(switches[index])[None])
         state = sampler.switch_prompt(self.dit, self.dit_params, self.stream, state, text_kv, recache=recache)
+      self._compiled("denoise")
       latents = denoise(self.dit_params, state)
       pieces = []
       for piece, (video, vae_cache) in enumerate(
@@ -94,6 +101,46 @@ class StreamingPipeline:
         state = write(self.dit_params, state, latents)
       for ready in pieces:
         yield index, np.asarray(ready)
+
+
+  def _compiled(self, name: str) -> None:
+    """Wait for the precompiled program `name`, if one is compiling (and raise what its compilation raised)."""
+    future = self.precompiled.pop(name, None)
+    if future is not None:
+      future.result()
+
+
+def precompile_first_chunk(model: WanDiT, params, stream: StreamConfig, context: jax.ShapeDtypeStruct,
+                           latent_hw: tuple[int, int]) -> dict[str, concurrent.futures.Future]:
+  """Compile what the stream runs before its first frame, `start` (prompt K/V and the empty state) and then
+  `denoise`, from shapes alone on a background thread, started before the text encoder's and the VAE's weights
+  are read: they compile meanwhile and beside the text encoder's own compilation, instead of after the prompt is
+  encoded (`sample --precompile`). One thread: the cache write is not needed before the first frame. jax keeps a
+  compiled program by what it computes, so the stream's own calls find these ready (they trace again, which is
+  cheap); the shapes carry no placements, as the stream's arguments have none, so the lowered programs are the
+  same ones (tests/test_sample.py checks that each compiles once). Whether it pays depends on idle cores: on the
+  2-core CPU the shipped model's first frame comes later (3.8 -> 5.6 s: the compilations share the two cores);
+  on a GPU host, to be measured (bench_end_to_end --cold_start --precompile).
+  context: the prompt embeddings' shape, [1, text_len, text_dim]."""
+  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)   # noqa: E731
+  params = jax.tree.map(shape, params)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  state = jax.eval_shape(lambda p, c, k: sampler.start(model, p, stream, c, k, latent_hw), params, context, key)
+  denoise, _ = sampler.jitted_phases(model, stream)
+  futures = {"start": concurrent.futures.Future(), "denoise": concurrent.futures.Future()}
+  jobs = {"start": lambda: sampler.lowered_start(model, params, stream, context, key, latent_hw).compile(),
+          "denoise": lambda: denoise.lower(params, state).compile()}
+
+  def run():
+    for name, job in jobs.items():
+      try:
+        futures[name].set_result(job())
+      except BaseException as e:   # noqa: BLE001 (handed to whoever waits for the result)
+        futures[name].set_exception(e)
+
+  # A daemon thread: a process interrupted before its first frame does not wait for the compilation.
+  threading.Thread(target=run, name="precompile first chunk", daemon=True).start()
+  return futures
 
 
 @jax.jit
@@ -119,7 +166,8 @@ def model_folders(root: str) -> dict[str, str]:
 
 def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,
                      attention_backend: str = "auto", text_weights_on_host: bool | None = None,
-                     vae_frames_per_call: int | None = None) -> StreamingPipeline:
+                     vae_frames_per_call: int | None = None,
+                     precompile_size: tuple[int, int] | None = None) -> StreamingPipeline:
   """Converted checkpoint folders (python -m convert) and a local umT5 tokenizer folder; or the world's
   model: its DiT, its pixel-codec folder as `vae` (latent_codec.py) and its text folders (world/text.py).
   Activations in bfloat16 on every device: it is what the models are trained in, and XLA's CPU runs the
@@ -127,19 +175,29 @@ def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: 
   chunk either way, also with XLA held to AVX2, i.e. without the CPU's bf16 instructions).
   text_weights_on_host: the text encoder's weights in host memory between prompts (text_encoder.py's
   HostResidentEncoder); None: text_encoder.weights_on_host_by_default (a big encoder on a GPU or TPU).
-  vae_frames_per_call: latent frames per VAE decode call (latent_codec.load_latent_codec; None: a chunk)."""
+  vae_frames_per_call: latent frames per VAE decode call (latent_codec.load_latent_codec; None: a chunk).
+  precompile_size: (height, width) of the video to come: its first chunk's programs compile on background
+  threads while the rest loads (precompile_first_chunk); None: each compiles at its first call."""
   dit_config, dit_params = load_checkpoint(dit, "wan_dit")
   codec, codec_params = load_latent_codec(vae, decode_frames_per_call=vae_frames_per_call)
   words = load_tokenizer(tokenizer)
   # Prompts are padded to the length the DiT was trained with (padding rows reach its cross-attention):
   # Wan's 512, the world's 32.
   text_len = world_text.TEXT_LEN if isinstance(words, WordTokenizer) else TEXT_LEN
-  encoder = TextEncoder.from_checkpoint(text_encoder, words, text_len=text_len, weights_on_host=text_weights_on_host)
-  if encoder.config.dim != dit_config.text_dim:
-    raise ValueError(f"text encoder {text_encoder!r} has dim {encoder.config.dim}, the DiT expects "
-                     f"text_dim {dit_config.text_dim}")
+  text_dim = read_config(text_encoder, "umt5").dim
+  if text_dim != dit_config.text_dim:
+    raise ValueError(f"text encoder {text_encoder!r} has dim {text_dim}, the DiT expects text_dim {dit_config.text_dim}")
   if codec.config.z_dim != dit_config.in_dim or codec.config.z_dim != dit_config.out_dim:
     raise ValueError(f"latent codec {vae!r} has z_dim {codec.config.z_dim}, the DiT expects {dit_config.in_dim} "
                      f"channels in and gives {dit_config.out_dim}")
   model = WanDiT(dit_config, attention_backend=attention_backend)
-  return StreamingPipeline(model, dit_params, stream, codec, codec_params, encoder.encode)
+  text_dtype = jnp.bfloat16   # the encoder's, so its embeddings'
+  precompiled = {}
+  if precompile_size is not None:   # before the text encoder's weights are read (umT5-XXL: 11 GB)
+    sf = codec.config.spatial_factor
+    precompiled = precompile_first_chunk(model, dit_params, stream,
+                                         jax.ShapeDtypeStruct((1, text_len, text_dim), text_dtype),
+                                         (precompile_size[0] // sf, precompile_size[1] // sf))
+  encoder = TextEncoder.from_checkpoint(text_encoder, words, dtype=text_dtype, text_len=text_len,
+                                        weights_on_host=text_weights_on_host)
+  return StreamingPipeline(model, dit_params, stream, codec, codec_params, encoder.encode, precompiled)

@@ -61,6 +61,9 @@ flags.DEFINE_string("vae", None, "Latent codec folder: a converted VAE (python -
 flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m convert --model=t5), or the world's")
 flags.DEFINE_string("tokenizer", None, "Local google/umt5-xxl tokenizer folder, or the world's word tokenizer folder")
 flags.DEFINE_boolean("recache", True, "On a prompt switch, re-encode the cached window under the new prompt")
+flags.DEFINE_boolean("precompile", False, "Compile the first chunk's DiT programs on a background thread while the text "
+                     "encoder and the VAE load (pipeline.precompile_first_chunk); on the 2-core CPU it delays the "
+                     "first frame (3.8 -> 5.6 s), on a GPU host it is to be measured")
 flags.DEFINE_enum("text_encoder_weights", "auto", ["auto", "host", "device"],
                   "Where the text encoder's weights stay between prompt changes: host (copied to the device a "
                   "layer at a time only to encode a prompt: umT5-XXL's 11 GB off the GPU, for a copy per new "
@@ -142,8 +145,9 @@ def stream_config():
     raise BadInput(f"--config: stream: {e}") from None
 
 
-def build_pipeline(stream):
-  """The model of the four folder flags, or with none of them the shipped world model: one loader."""
+def build_pipeline(stream, size: tuple[int, int]):
+  """The model of the four folder flags, or with none of them the shipped world model: one loader. size:
+  (height, width) of the videos, for --precompile."""
   from hybrid_forcing_jax import pipeline
   given = {k: getattr(FLAGS, k) for k in MODEL_FLAGS}
   shipped = using_shipped_model()
@@ -161,7 +165,7 @@ def build_pipeline(stream):
     on_host = {"auto": None, "host": True, "device": False}[FLAGS.text_encoder_weights]
     return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend,
                                      text_weights_on_host=on_host, vae_frames_per_call=FLAGS.vae_frames_per_call,
-                                     **folders)
+                                     precompile_size=size if FLAGS.precompile else None, **folders)
   except (ValueError, FileNotFoundError, OSError) as e:
     if shipped:   # not the user's input: the installation lacks it
       raise cli.RunFailed(f"the shipped model {pipeline.SHIPPED_MODEL} is missing or incomplete (a checkout "
@@ -297,7 +301,7 @@ def main(argv) -> int:
   path = videos[0][0]
   try:
     use_compilation_cache(FLAGS.compilation_cache_dir)
-    pipe = build_pipeline(stream)
+    pipe = build_pipeline(stream, (height, width))
     cli.check_interrupted()
     if shipped:
       from hybrid_forcing_jax.pipeline import SHIPPED_MODEL

@@ -2,6 +2,7 @@
 MP4 and `--seconds=inf` streams until Ctrl-C; bad input exits 2 with one line naming the problem, before
 any work and without touching an existing file; Ctrl-C before the first frame leaves no file and exits
 130. The pipeline's own behaviour (prompt switches, flat memory) runs on a tiny Wan-shaped model."""
+import dataclasses
 import itertools
 import json
 import os
@@ -306,6 +307,37 @@ def test_first_frames_leave_before_the_cache_write_and_the_later_pieces(tiny_wan
   assert (index, len(first), calls) == (0, 1, ["piece"])
   assert [(i, len(f)) for i, f in itertools.islice(stream, 3)] == [(0, 4), (0, 4), (1, 4)]
   assert calls[:4] == ["piece", "piece", "piece", "write"]
+
+
+def test_precompiled_programs_are_the_ones_the_stream_runs(tiny_wan_model):
+  """from_checkpoints(precompile_size=...) compiles `start` and `denoise` from shapes on a background thread; the
+  stream then compiles neither again (jax's compile log names each compilation) and makes the same frames."""
+  import logging
+  from hybrid_forcing_jax.pipeline import from_checkpoints
+  compiled = []
+
+  class Log(logging.Handler):
+    def emit(self, record):
+      if record.getMessage().startswith("Finished XLA compilation of jit("):
+        compiled.append(record.getMessage().split("(")[1].split(")")[0])
+
+  # A stream of its own (sparse_ratio 0.5): programs no other test has compiled in this process.
+  stream = dataclasses.replace(hybrid_stream(), sparse_ratio=0.5)
+  handler, logger = Log(), logging.getLogger("jax")
+  logger.addHandler(handler)
+  jax.config.update("jax_log_compiles", True)   # globally: jax.log_compiles() would not reach the background thread
+  try:
+    pipe = from_checkpoints(stream, precompile_size=(64, 64), **tiny_wan_model)
+    assert set(pipe.precompiled) == {"start", "denoise"}
+    first = list(pipe.frames([(0, "a blue square bouncing")], height=64, width=64, seed=0, num_chunks=2))
+  finally:
+    jax.config.update("jax_log_compiles", False)
+    logger.removeHandler(handler)
+  assert compiled.count("_start") == 1 and compiled.count("denoise") == 1, compiled   # compiled once, not again
+  assert pipe.precompiled == {}   # each waited for once
+  again = list(from_checkpoints(stream, **tiny_wan_model).frames([(0, "a blue square bouncing")], height=64,
+                                                                  width=64, seed=0, num_chunks=2))
+  assert all(i == j and np.array_equal(a, b) for (i, a), (j, b) in zip(first, again)) and len(first) == 2
 
 
 def test_sample_writes_pieces_and_counts_chunks(tiny_wan_model, tmp_path, capsys):

@@ -175,6 +175,11 @@ def start(model: WanDiT, params, cfg: StreamConfig, context, key, latent_hw, dty
   return _start(model, params, cfg, context, key, tuple(latent_hw), dtype or model.dtype)
 
 
+def lowered_start(model: WanDiT, params, cfg: StreamConfig, context, key, latent_hw, dtype=None):
+  """`start`'s program for these arguments (arrays, or their shapes), lowered: compile it ahead of the call."""
+  return _start.lower(model, params, cfg, context, key, tuple(latent_hw), dtype or model.dtype)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2, 5, 6))
 def _start(model, params, cfg, context, key, latent_hw, dtype):
   return init_state(cfg, model.config, prompt_kv(model, params, context), key, latent_hw, dtype)
