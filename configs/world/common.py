@@ -19,7 +19,9 @@ TEACHER_STEPS = 10000   # configs/world/teacher.py's train.steps: the export the
 # frame, 81 frames (5 s). "frame": one video frame a latent frame, 21 frames (1.3 s), so that motion lies between
 # tokens instead of inside a token's channels; its teacher is the first to draw the caption's shape (docs/world.md,
 # "Layout and learning rate, side by side"). The same 5376 tokens a video either way.
-LAYOUTS = {"": (4, 81, (12, 32, 68)), "frame": (1, 21, (4, 8, 16))}
+# Long memory in 21 frames under sink 3 + window 9: seen from frame 3 (after the sink) to 14, back at 18, when the
+# window holds frames 15-20 only (scene.long_memory_fits); the crossing takes 12 frames (~6.5 px a frame at 64x64).
+LAYOUTS = {"": (4, 81, (12, 32, 68)), "frame": (1, 21, (3, 15, 18))}
 
 # One architecture for the teacher, the student and the critic (Self-Forcing with the 1.3B as its own
 # teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
