@@ -323,19 +323,27 @@ def first_frame_only(name: str, text_encoder_weights: str, args):
                         compile_log=compile_log.summary())), flush=True)
 
 
+def child_command(name: str, text_encoder_weights: str, args, *extra: str) -> list[str]:
+  """This script for one setting and weights' place in a process of its own, with the flags that shape the
+  pipeline passed on, and `extra`."""
+  cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}",
+         f"--text_encoder_weights={text_encoder_weights}", f"--sparse_backend={args.sparse_backend}", *extra]
+  if args.tiny:
+    cmd.append("--tiny")
+  if args.vae_frames_per_call:
+    cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
+  if args.precompile:
+    cmd.append("--precompile")
+  return cmd
+
+
 def cold_start(name: str, text_encoder_weights: str, args) -> None:
   """Two fresh processes of first_frame_only sharing one new, empty compilation cache: cold, then warm.
   This process itself never touches a device (it would hold GPU memory the children need)."""
   cache = tempfile.mkdtemp(prefix="bench_cold_start_")
   try:
     for run in ("empty cache", "filled cache"):
-      cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}",
-             f"--text_encoder_weights={text_encoder_weights}", f"--sparse_backend={args.sparse_backend}",
-             "--first_frame_only", f"--compilation_cache_dir={cache}"] + (["--tiny"] if args.tiny else [])
-      if args.vae_frames_per_call:
-        cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
-      if args.precompile:
-        cmd.append("--precompile")
+      cmd = child_command(name, text_encoder_weights, args, "--first_frame_only", f"--compilation_cache_dir={cache}")
       launched = time.time()
       done = subprocess.run(cmd, capture_output=True, text=True, check=False)
       lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -384,16 +392,8 @@ def main():
     return
   for name in settings:
     for place in places:
-      cmd = [sys.executable, "-m", "benchmarks.bench_end_to_end", f"--setting={name}",
-             f"--text_encoder_weights={place}", f"--chunks={args.chunks}",
-             f"--sparse_backend={args.sparse_backend}"] + (["--tiny"] if args.tiny else [])
-      if args.vae_frames_per_call:
-        cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
-      if args.precompile:
-        cmd.append("--precompile")
-      if args.mp4:
-        cmd.append(f"--mp4={args.mp4}")
-      subprocess.run(cmd, check=False)
+      subprocess.run(child_command(name, place, args, f"--chunks={args.chunks}",
+                                   *([f"--mp4={args.mp4}"] if args.mp4 else [])), check=False)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,6 @@ class StreamingPipeline:
       for ready in pieces:
         yield index, np.asarray(ready)
 
-
   def _compiled(self, name: str) -> None:
     """Wait for the precompiled program `name`, if one is compiling (and raise what its compilation raised)."""
     future = self.precompiled.pop(name, None)

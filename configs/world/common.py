@@ -65,13 +65,17 @@ def parse_variant(variant: str) -> tuple[str, str]:
 
 def data_folder(variant: str) -> str:
   """world.prepare's output for the variant's layout: DATA, or DATA_<layout> (its own codec and ODE pairs)."""
-  layout = parse_variant(variant)[1]
-  return f"{DATA}_{layout}" if layout else DATA
+  return _of_layout(DATA, variant)
 
 
 def runs_folder(variant: str) -> str:
+  """The stages' workdirs for the variant's layout: RUNS, or RUNS_<layout>."""
+  return _of_layout(RUNS, variant)
+
+
+def _of_layout(folder: str, variant: str) -> str:
   layout = parse_variant(variant)[1]
-  return f"{RUNS}_{layout}" if layout else RUNS
+  return f"{folder}_{layout}" if layout else folder
 
 
 def codec(variant: str) -> PixelCodecConfig:
