@@ -76,7 +76,7 @@ from hybrid_forcing_jax.config import WAN_1_3B
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.dit import init_params as init_dit_params
 from hybrid_forcing_jax.pipeline import (SHIPPED_MODEL, StreamingPipeline, from_checkpoints, model_folders,
-                                         precompile_first_chunk, to_uint8)
+                                         precompile_by_default, precompile_first_chunk, to_uint8)
 from hybrid_forcing_jax.streaming.config import from_config
 from hybrid_forcing_jax.streaming.sampler import jitted_phases, start
 from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder
@@ -238,11 +238,12 @@ def make_pipeline(name: str, text_encoder_weights: str, args):
   if cfg.sparse_ratio is not None:
     cfg = dataclasses.replace(cfg, sparse_backend=args.sparse_backend)
   on_host = text_encoder_weights == "host"
+  precompile = precompile_by_default() if args.precompile is None else args.precompile
   if args.tiny:   # the shipped model makes the world's frames
     hw = (WorldConfig().height, WorldConfig().width)
-    return from_checkpoints(cfg, text_weights_on_host=on_host, precompile_size=hw if args.precompile else None,
+    return from_checkpoints(cfg, text_weights_on_host=on_host, precompile_size=hw if precompile else None,
                             **model_folders(SHIPPED_MODEL)), hw
-  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, args.precompile), FULL_SIZE
+  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, precompile), FULL_SIZE
 
 
 def run_setting(name: str, text_encoder_weights: str, args):
@@ -332,8 +333,8 @@ def child_command(name: str, text_encoder_weights: str, args, *extra: str) -> li
     cmd.append("--tiny")
   if args.vae_frames_per_call:
     cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
-  if args.precompile:
-    cmd.append("--precompile")
+  if args.precompile is not None:
+    cmd.append("--precompile" if args.precompile else "--no-precompile")
   return cmd
 
 
@@ -369,8 +370,9 @@ def main():
   parser.add_argument("--vae_frames_per_call", type=int, default=None,
                       help="latent frames per VAE decode call, full size only (WanVAE decode_frames_per_call; default: the chunk)")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
-  parser.add_argument("--precompile", action="store_true",
-                      help="as sample --precompile: the first chunk's programs compile while the rest is made")
+  parser.add_argument("--precompile", action=argparse.BooleanOptionalAction, default=None,
+                      help="as sample --precompile: the first chunk's programs compile while the rest is made "
+                           "(default as sample's: on a GPU or TPU, off on a CPU)")
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   parser.add_argument("--cold_start", action="store_true",
                       help="time process start -> first frame, with an empty then a filled compilation cache")

@@ -119,7 +119,8 @@ def precompile_first_chunk(model: WanDiT, params, stream: StreamConfig, context:
   cheap); the shapes carry no placements, as the stream's arguments have none, so the lowered programs are the
   same ones (tests/test_sample.py checks that each compiles once). Whether it pays depends on idle cores: on the
   2-core CPU the shipped model's first frame comes later (3.8 -> 5.6 s: the compilations share the two cores);
-  on a GPU host, to be measured (bench_end_to_end --cold_start --precompile).
+  on an H200 host at full size it comes 8-12 s sooner from an empty cache (docs/benchmarks.md), hence
+  precompile_by_default.
   context: the prompt embeddings' shape, [1, text_len, text_dim]."""
   shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)   # noqa: E731
   params = jax.tree.map(shape, params)
@@ -161,6 +162,14 @@ def model_folders(root: str) -> dict[str, str]:
   return dict(dit=os.path.join(root, "dit"), vae=os.path.join(root, "codec"),
               text_encoder=os.path.join(root, "text", "text_encoder"),
               tokenizer=os.path.join(root, "text", "tokenizer"))
+
+
+def precompile_by_default() -> bool:
+  """Whether `sample` precompiles when not told (--precompile / --noprecompile): on a GPU or TPU, where the
+  host has cores to spare while the device holds the work (H200, full size: 53.6-55.8 -> 42.1-48.0 s to the first
+  frame from an empty cache), not on a CPU, where the compilation competes with the loading for the same cores
+  (2-core CPU, the shipped model: 3.8 -> 5.4 s)."""
+  return jax.default_backend() != "cpu"
 
 
 def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: str, tokenizer: str,

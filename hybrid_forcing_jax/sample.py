@@ -61,9 +61,9 @@ flags.DEFINE_string("vae", None, "Latent codec folder: a converted VAE (python -
 flags.DEFINE_string("text_encoder", None, "Converted umT5 folder (python -m convert --model=t5), or the world's")
 flags.DEFINE_string("tokenizer", None, "Local google/umt5-xxl tokenizer folder, or the world's word tokenizer folder")
 flags.DEFINE_boolean("recache", True, "On a prompt switch, re-encode the cached window under the new prompt")
-flags.DEFINE_boolean("precompile", False, "Compile the first chunk's DiT programs on a background thread while the text "
-                     "encoder and the VAE load (pipeline.precompile_first_chunk); on the 2-core CPU it delays the "
-                     "first frame (3.8 -> 5.6 s), on a GPU host it is to be measured")
+flags.DEFINE_boolean("precompile", None, "Compile the first chunk's DiT programs on a background thread while the text "
+                     "encoder and the VAE load (pipeline.precompile_first_chunk). Default: on a GPU or TPU (an H200 "
+                     "at full size: its first frame 8-12 s sooner), off on a CPU (2 cores: 3.8 -> 5.4 s, later)")
 flags.DEFINE_enum("text_encoder_weights", "auto", ["auto", "host", "device"],
                   "Where the text encoder's weights stay between prompt changes: host (copied to the device a "
                   "layer at a time only to encode a prompt: umT5-XXL's 11 GB off the GPU, for a copy per new "
@@ -161,11 +161,12 @@ def build_pipeline(stream, size: tuple[int, int]):
   if FLAGS.vae_frames_per_call is not None and FLAGS.vae_frames_per_call < 1:
     raise BadInput(f"--vae_frames_per_call={FLAGS.vae_frames_per_call} must be >= 1")
   folders = pipeline.model_folders(pipeline.SHIPPED_MODEL) if shipped else given
+  precompile = pipeline.precompile_by_default() if FLAGS.precompile is None else FLAGS.precompile
   try:
     on_host = {"auto": None, "host": True, "device": False}[FLAGS.text_encoder_weights]
     return pipeline.from_checkpoints(stream, attention_backend=FLAGS.attention_backend,
                                      text_weights_on_host=on_host, vae_frames_per_call=FLAGS.vae_frames_per_call,
-                                     precompile_size=size if FLAGS.precompile else None, **folders)
+                                     precompile_size=size if precompile else None, **folders)
   except (ValueError, FileNotFoundError, OSError) as e:
     if shipped:   # not the user's input: the installation lacks it
       raise cli.RunFailed(f"the shipped model {pipeline.SHIPPED_MODEL} is missing or incomplete (a checkout "

@@ -366,3 +366,12 @@ def test_memory_stays_flat_over_200_chunks(tmp_path, tiny_wan_model):
   # Keeping the extra 180 chunks' frames would add about 100 MiB; flat runs measured +11.5 and +18.8 MiB
   # (the allocator settles over the first ~100 chunks, then the peak stays put).
   assert growth < 50, runs
+
+
+def test_sample_precompiles_by_default_on_accelerators_only(monkeypatch):
+  """Not told, `sample` precompiles where it was measured to pay (a GPU host) and not on a CPU, where it was
+  measured to delay the first frame; --precompile / --noprecompile override either way."""
+  from hybrid_forcing_jax import pipeline
+  for backend, expected in (("cpu", False), ("gpu", True), ("tpu", True)):
+    monkeypatch.setattr(pipeline.jax, "default_backend", lambda b=backend: b)
+    assert pipeline.precompile_by_default() is expected, backend
