@@ -6,6 +6,7 @@
 #   scripts/world_pipeline.sh                    # the GPU run: data/world, runs/world
 #   scripts/world_pipeline.sh --tiny --data=/tmp/world/data --runs=/tmp/world/runs   # CPU, tiny models
 #   scripts/world_pipeline.sh --layout=frame     # one video frame a latent frame: data/world_frame, runs/world_frame
+#   scripts/world_pipeline.sh --layout=frame4    # the same with the DiTs' 4x4 patches: data/world_frame4, runs/world_frame4
 #   scripts/world_pipeline.sh --teacher=FOLDER   # an existing teacher export instead of the teacher step
 #   scripts/world_pipeline.sh --steps=ode_init=600,hybrid=400   # a stage's train.steps instead of its config's
 #
@@ -32,7 +33,7 @@ for arg in "$@"; do
                "self_forcing, hybrid and N a positive integer" >&2; exit 2; }
         steps[$stage]=$n
       done ;;
-    --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,15p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_pipeline.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac

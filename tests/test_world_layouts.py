@@ -47,7 +47,8 @@ def test_scripts_refuse_an_unknown_layout_naming_the_choices(script, tmp_path):
                          f"--runs={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
   assert done.returncode == 2
   assert done.stderr.strip() == (f"{script}: error: configs/world: variant 'tiny,frames': use comma-separated "
-                                 "keywords, 'tiny' and at most one layout of ['frame'] (e.g. 'frame' or 'tiny,frame')")
+                                 "keywords, 'tiny' and at most one layout of ['frame', 'frame4'] (e.g. 'frame' or "
+                                 "'tiny,frame')")
   assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "r")
 
 
@@ -62,13 +63,19 @@ def test_pipeline_refuses_a_teacher_that_is_no_export(tmp_path):
   assert not os.path.exists(tmp_path / "d")
 
 
-def test_layouts_give_the_same_tokens_a_video():
-  """Either layout: 21 latent frames of 32x32 latents (5376 tokens through the DiT's 2x2 patches); the `frame`
-  layout packs one video frame a latent frame (12 channels) where the default packs four (48)."""
-  for variant, video_frames, channels in (("", 81, 48), ("frame", 21, 12)):
-    frames, hw = common.latent_geometry(variant)
-    assert (frames, hw, common.channels(variant)["in_dim"]) == (21, (32, 32), channels), variant
+def test_layouts_tokens_a_video():
+  """Every layout: 21 latent frames of 32x32 latents; the `frame` layouts pack one video frame a latent frame (12
+  channels) where the default packs four (48); `frame4`'s 4x4 patches (its DiT, teacher and critic alike) make a
+  quarter of the tokens."""
+  from configs.world import hybrid
+  for variant, video_frames, channels, patch, tokens in (("", 81, 48, 2, 5376), ("frame", 21, 12, 2, 5376),
+                                                         ("frame4", 21, 12, 4, 1344)):
+    frames, (h, w) = common.latent_geometry(variant)
+    assert (frames, (h, w), common.channels(variant)["in_dim"]) == (21, (32, 32), channels), variant
     assert common.world(variant).num_frames == video_frames
+    c = hybrid.get_config(variant)
+    assert {tuple(c[s].overrides.patch_size) for s in ("model", "teacher", "critic")} == {(1, patch, patch)}
+    assert frames * (h // patch) * (w // patch) == tokens
 
 
 @pytest.mark.parametrize("steps", ["ode_init=0", "odeinit=5", "hybrid"])

@@ -1,10 +1,12 @@
 """What the world pipeline's configs share: the world's DiT, its text encoder and codec folders
 (written by `python -m hybrid_forcing_jax.world.prepare --output=data/world`), the latent layouts and geometry
-of its videos, and the variants: `tiny` (a smaller world and DiT for the CPU) and a layout (`frame`),
+of its videos, and the variants: `tiny` (a smaller world and DiT for the CPU) and a layout (`frame`, `frame4`),
 comma-separated (configs/world/teacher.py:tiny,frame). configs/world/{ode_init,self_forcing,hybrid}.py are
 the top-level configs of the same name with `apply_world` on top; configs/world/teacher.py is the
 flow_matching stage's.
 """
+from typing import NamedTuple
+
 import ml_collections
 
 from hybrid_forcing_jax.world.codec import PixelCodecConfig
@@ -14,14 +16,29 @@ from hybrid_forcing_jax.world.text import TEXT_LEN, world_tokenizer, world_umt5_
 DATA = "data/world"   # world.prepare's output: text/, codec/, prompts.txt; ODE pairs and the text cache
 RUNS = "runs/world"   # the stages' workdirs: runs/world/<stage>
 TEACHER_STEPS = 10000   # configs/world/teacher.py's train.steps: the export the later stages start from
-# The latent layouts, each a codec and the video length that makes 21 latent frames of it (variant keyword ->
-# temporal factor, frames, long-memory timing). "" (the default, the shipped model v0's): 4 video frames a latent
-# frame, 81 frames (5 s). "frame": one video frame a latent frame, 21 frames (1.3 s), so that motion lies between
-# tokens instead of inside a token's channels; its teacher is the first to draw the caption's shape (docs/world.md,
-# "Layout and learning rate, side by side"). The same 5376 tokens a video either way.
+
+
+class Layout(NamedTuple):
+  """How a world video becomes the DiT's tokens: the codec's video frames a latent frame, the video length that
+  makes 21 latent frames of it, the long-memory timing (seen from, to, back at; in video frames) and the DiT's
+  patch (frames, latent pixels, latent pixels)."""
+  temporal_factor: int
+  frames: int
+  long_memory: tuple[int, int, int]
+  patch: tuple[int, int, int] = (1, 2, 2)
+
+
+# The layouts by variant keyword. "" (the default; the shipped model v0's): 4 video frames a latent frame, 81 frames
+# (5 s). "frame" (the shipped model v1's): one video frame a latent frame, 21 frames (1.3 s), so that motion lies
+# between tokens instead of inside a token's channels; its teacher is the first to draw the caption's shape
+# (docs/world.md, "Layout and learning rate, side by side"). The same 5376 tokens a video either way.
+# "frame4": "frame" with 4x4 patches, 1344 tokens a video: its teacher, trained from scratch, reached the best
+# scores yet with almost no jumps in a third of tf1b's GPU time (docs/world.md, "The frame-layout chain"), and its
+# students stream ~3x faster on a CPU.
 # Long memory in 21 frames under sink 3 + window 9: seen from frame 3 (after the sink) to 14, back at 18, when the
 # window holds frames 15-20 only (scene.long_memory_fits); the crossing takes 12 frames (~6.5 px a frame at 64x64).
-LAYOUTS = {"": (4, 81, (12, 32, 68)), "frame": (1, 21, (3, 15, 18))}
+LAYOUTS = {"": Layout(4, 81, (12, 32, 68)), "frame": Layout(1, 21, (3, 15, 18)),
+           "frame4": Layout(1, 21, (3, 15, 18), patch=(1, 4, 4))}
 
 # One architecture for the teacher, the student and the critic (Self-Forcing with the 1.3B as its own
 # teacher does the same): width 256 carries the 192 values a token holds (world/codec.py), head_dim 64,
@@ -29,8 +46,8 @@ LAYOUTS = {"": (4, 81, (12, 32, 68)), "frame": (1, 21, (3, 15, 18))}
 # It predicts x0 (WanConfig.prediction): trained side by side from scratch on two H200s, the velocity-predicting
 # one still scattered single-pixel noise over every frame after 2500 steps where the x0 one drew clean
 # backgrounds, and at 4000 steps solid objects of the caption's colour (docs/world.md, "The x0-predicting teacher").
-# patch_size is Wan's, spelled out so that a run can change it (--config.model.overrides.patch_size='(1, 4, 4)').
-WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, prediction="x0", patch_size=(1, 2, 2))
+# The patch is the layout's (set_dit).
+WORLD_DIT = dict(dim=256, ffn_dim=1024, num_heads=4, num_layers=8, prediction="x0")
 # `:tiny`: the tiny preset's 2 layers, but 192 wide, so the 192 values of a token (the noise included)
 # still pass through: at tiny's 48 the flow-matching loss cannot fall far (it must return eps - x0). It keeps
 # predicting the velocity, which the CPU tests' step sizes are set for (the x0 path has tests of its own:
@@ -80,19 +97,18 @@ def _of_layout(folder: str, variant: str) -> str:
 
 def codec(variant: str) -> PixelCodecConfig:
   """The variant's pixel codec (what world.prepare --temporal_factor writes)."""
-  return PixelCodecConfig(temporal_factor=LAYOUTS[parse_variant(variant)[1]][0])
+  return PixelCodecConfig(temporal_factor=LAYOUTS[parse_variant(variant)[1]].temporal_factor)
 
 
 def world(variant: str) -> WorldConfig:
   """The world's videos: 64x64 at the layout's length (81 frames, or 21 for 'frame': 21 latent frames either
   way); `tiny` 32x32, 6 latent frames (two chunks of 3) for the CPU."""
   size, layout = parse_variant(variant)
-  if size == "tiny":   # 6 latent frames in either layout (21 video frames, or 6 with `frame`)
-    if layout:
+  if size == "tiny":   # 6 latent frames in every layout (21 video frames, or 6 with one a latent frame)
+    if LAYOUTS[layout].temporal_factor == 1:
       return WorldConfig(height=32, width=32, num_frames=6, long_memory_frames=(1, 2, 4))
     return WorldConfig(height=32, width=32, num_frames=21, long_memory_frames=(4, 8, 16))
-  _, frames, long_memory = LAYOUTS[layout]
-  return WorldConfig(num_frames=frames, long_memory_frames=long_memory)
+  return WorldConfig(num_frames=LAYOUTS[layout].frames, long_memory_frames=LAYOUTS[layout].long_memory)
 
 
 def latent_geometry(variant: str) -> tuple[int, tuple[int, int]]:
@@ -102,9 +118,11 @@ def latent_geometry(variant: str) -> tuple[int, tuple[int, int]]:
 
 
 def channels(variant: str) -> dict:
-  """The DiT's input / output channels (the codec's) and text width (the world umT5's)."""
+  """What the variant's layout fixes of the DiT: its input / output channels (the codec's), its patch and its text
+  width (the world umT5's)."""
   z = codec(variant).z_dim
-  return dict(in_dim=z, out_dim=z, text_dim=world_umt5_config(world_tokenizer().vocab_size).dim)
+  return dict(in_dim=z, out_dim=z, patch_size=LAYOUTS[parse_variant(variant)[1]].patch,
+              text_dim=world_umt5_config(world_tokenizer().vocab_size).dim)
 
 
 def text(variant: str) -> ml_collections.ConfigDict:
