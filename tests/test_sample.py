@@ -18,7 +18,9 @@ import pytest
 from hybrid_forcing_jax.checkpoint import save_checkpoint
 from hybrid_forcing_jax.config import tiny_config
 from hybrid_forcing_jax.dit import init_params as init_dit_params
+from hybrid_forcing_jax.latent_codec import load_latent_codec
 from hybrid_forcing_jax.param_tree import flatten
+from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, model_folders
 from hybrid_forcing_jax.vae import init_params as init_vae_params
 from hybrid_forcing_jax.vae import tiny_vae_config
 from hybrid_forcing_jax.world.text import save_world_text, world_tokenizer, world_umt5_config
@@ -78,13 +80,16 @@ def test_default_run_streams_the_shipped_model_over_an_existing_file(tmp_path, c
   assert done.returncode == 0, done.stderr[-2000:]
   assert any(compilation_cache.iterdir()), "the compiled chunk step should be in the persistent cache"
   assert "streaming the world model shipped in" in done.stderr
-  # The switch asked for at 1 s happens at the first chunk starting after it: frame 21 = 1.31 s.
-  assert "prompt switch at 1.31 s of video: 'a red circle bouncing'" in done.stderr
+  # The switch asked for at 1 s happens at the first chunk starting after it. A chunk is 3 latent frames: 1 + 2 *
+  # the codec's temporal factor video frames first, then 3 * that (v1's one frame a latent frame: frame 18, 1.12 s).
+  factor = load_latent_codec(model_folders(SHIPPED_MODEL)["vae"])[0].config.temporal_factor
+  switch = next(start for start in range(1 + 2 * factor, 100, 3 * factor) if start >= 16)
+  assert f"prompt switch at {switch / 16:.2f} s of video: 'a red circle bouncing'" in done.stderr, done.stderr[-500:]
   reader = imageio.get_reader(str(out))
   meta = reader.get_meta_data()
   assert meta["fps"] == 16 and tuple(meta["size"]) == (64, 64)
   frames = np.stack([frame for frame in reader])
-  assert len(frames) == 32  # 9 + 12 + 12 made, trimmed to the default 2 seconds
+  assert len(frames) == 32  # trimmed to the default 2 seconds
   assert "wrote" in done.stdout and "32 frames" in done.stdout
   # Not a constant picture: colours vary within frames and the frames change over time.
   assert min(np.ptp(f) for f in frames) > 0 and np.ptp(frames.astype(np.int16), axis=0).max() > 0
@@ -102,6 +107,7 @@ def test_seconds_inf_streams_until_ctrl_c(tmp_path, compilation_cache):
   while process.poll() is None and time.monotonic() < deadline and _frames_in(out) <= 33:
     time.sleep(1)
   assert process.poll() is None, process.communicate()[1][-2000:]
+  assert _frames_in(out) > 33, "the file should grow, in whole fragments, while the stream runs"
   process.send_signal(signal.SIGINT)
   stdout, stderr = process.communicate(timeout=120)
   assert process.returncode == 130, stderr[-2000:]

@@ -182,12 +182,13 @@ def test_cli_evaluates_the_shipped_model():
   horizon: the CPU budget); the numbers are the model's, so only their range is asserted."""
   from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, model_folders
   folders = model_folders(SHIPPED_MODEL)
-  done = run_evaluate("--config=configs/world/hybrid.py", f"--dit={folders['dit']}",
+  done = run_evaluate("--config=configs/world/hybrid.py:frame", "--world_config=configs/world/teacher.py:frame",
+                      f"--dit={folders['dit']}",
                       f"--text={os.path.dirname(folders['text_encoder'])}", f"--codec={folders['vae']}",
                       "--tasks=prompt_following,long_horizon", "--num_videos=1", "--batch_size=1",
                       "--horizon_seconds=5")
   assert done.returncode == 0, done.stderr[-2000:]
-  assert "Prompt following: held-out captions, 1 videos of 81 frames" in done.stdout and "Long horizon" in done.stdout
+  assert "Prompt following: held-out captions, 1 videos of 21 frames" in done.stdout and "Long horizon" in done.stdout
 
 
 def _square_video(xs, frames: int = 20, size: int = 12) -> np.ndarray:

@@ -96,11 +96,11 @@ def test_the_shipped_model_loads_and_its_parts_fit_each_other():
 
 def test_samples_defaults_are_the_worlds():
   """The default --config (configs/hybrid.py) streams as the shipped student was trained
-  (configs/world/hybrid.py); the world's frame rate is the MP4's."""
+  (configs/world/hybrid.py:frame); the world's frame rate is the MP4's."""
   from configs import hybrid
   from configs.world import hybrid as world_hybrid
   from hybrid_forcing_jax import sample
-  assert from_config(hybrid.get_config().stream) == from_config(world_hybrid.get_config().stream)
+  assert from_config(hybrid.get_config().stream) == from_config(world_hybrid.get_config("frame").stream)
   assert WorldConfig().fps == sample.FPS
 
 

@@ -33,8 +33,8 @@ class Layout(NamedTuple):
 # between tokens instead of inside a token's channels; its teacher is the first to draw the caption's shape
 # (docs/world.md, "Layout and learning rate, side by side"). The same 5376 tokens a video either way.
 # "frame4": "frame" with 4x4 patches, 1344 tokens a video: its teacher, trained from scratch, reached the best
-# scores yet with almost no jumps in a third of tf1b's GPU time (docs/world.md, "The frame-layout chain"), and its
-# students stream ~3x faster on a CPU.
+# scores yet with almost no jumps in 20 minutes of one H200 (tf1b: ~34; docs/world.md, "The frame-layout chain"),
+# and its students stream ~3x faster on a CPU.
 # Long memory in 21 frames under sink 3 + window 9: seen from frame 3 (after the sink) to 14, back at 18, when the
 # window holds frames 15-20 only (scene.long_memory_fits); the crossing takes 12 frames (~6.5 px a frame at 64x64).
 LAYOUTS = {"": Layout(4, 81, (12, 32, 68)), "frame": Layout(1, 21, (3, 15, 18)),
