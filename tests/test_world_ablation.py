@@ -196,17 +196,18 @@ def test_script_refuses_without_the_main_pipelines_outputs(tmp_path):
 
 
 def test_evaluate_world_takes_the_world_from_world_config(tmp_path):
-  """The ablation's students are evaluated on the world the teacher learnt (its config's `world`); the DMD
-  configs have no `world` section."""
-  out = tmp_path / "truth.json"
+  """The ablation's students are evaluated on the world the teacher learnt: --world_config's `world`, else their
+  own config's (the same world); a --world_config without one is refused."""
   base = [sys.executable, "-m", "hybrid_forcing_jax.evaluate_world", "--config=configs/world/ablation.py:window,tiny",
           "--ground_truth", "--tasks=long_memory", "--num_videos=1"]
-  done = subprocess.run(base + ["--world_config=configs/world/teacher.py:tiny", f"--output_json={out}"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
-  result = json.loads(out.read_text())
-  assert result["world"] == common.world("tiny").to_dict()
-  assert result["results"]["ground truth"]["long_memory"]["colour"] == 1.0
-  done = subprocess.run(base + ["--world_config=configs/world/hybrid.py"], capture_output=True, text=True, cwd=ROOT,
+  for flags in (["--world_config=configs/world/teacher.py:tiny"], []):
+    out = tmp_path / f"truth{len(flags)}.json"
+    done = subprocess.run(base + flags + [f"--output_json={out}"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["world"] == common.world("tiny").to_dict(), flags
+    assert result["results"]["ground truth"]["long_memory"]["colour"] == 1.0
+  done = subprocess.run(base + ["--world_config=configs/hybrid.py"], capture_output=True, text=True, cwd=ROOT,
                         timeout=300)
   assert done.returncode == 2 and "--world_config has no 'world' section" in done.stderr, done.stderr[-2000:]

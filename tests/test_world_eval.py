@@ -179,11 +179,11 @@ def test_bad_input_exits_2_with_one_line(args, needle):
 
 def test_cli_evaluates_the_shipped_model():
   """The issue's check: the evaluation runs on the shipped student and prints its table (one video a task, 5 s
-  horizon: the CPU budget); the numbers are the model's, so only their range is asserted."""
+  horizon: the CPU budget), on the world of its config (the `frame` layout's 21-frame videos); the numbers are the
+  model's, so only their range is asserted."""
   from hybrid_forcing_jax.pipeline import SHIPPED_MODEL, model_folders
   folders = model_folders(SHIPPED_MODEL)
-  done = run_evaluate("--config=configs/world/hybrid.py:frame", "--world_config=configs/world/teacher.py:frame",
-                      f"--dit={folders['dit']}",
+  done = run_evaluate("--config=configs/world/hybrid.py:frame", f"--dit={folders['dit']}",
                       f"--text={os.path.dirname(folders['text_encoder'])}", f"--codec={folders['vae']}",
                       "--tasks=prompt_following,long_horizon", "--num_videos=1", "--batch_size=1",
                       "--horizon_seconds=5")

@@ -85,3 +85,16 @@ def test_pipeline_refuses_steps_it_cannot_read(steps, tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip().startswith(f"world_pipeline.sh: error: --steps: '{steps}' is not STAGE=N")
   assert not os.path.exists(tmp_path / "d")
+
+
+def test_student_configs_carry_the_world_they_are_distilled_for():
+  """configs/world/{ode_init,self_forcing,hybrid}.py hold their layout's world (evaluate_world's default world for
+  them); the trainer accepts the section and the top-level configs, which have none, still parse."""
+  import importlib
+  from configs import hybrid
+  from hybrid_forcing_jax.training.config import parse
+  for variant in ("", "frame", "frame4", "tiny,frame"):
+    for stage in ("ode_init", "self_forcing", "hybrid"):
+      config = importlib.import_module(f"configs.world.{stage}").get_config(variant)
+      assert parse(config).world == common.world(variant), (stage, variant)
+  assert parse(hybrid.get_config()).world is None

@@ -5,6 +5,7 @@ comma-separated (configs/world/teacher.py:tiny,frame). configs/world/{ode_init,s
 the top-level configs of the same name with `apply_world` on top; configs/world/teacher.py is the
 flow_matching stage's.
 """
+import dataclasses
 from typing import NamedTuple
 
 import ml_collections
@@ -161,6 +162,7 @@ def apply_world(c: ml_collections.ConfigDict, variant: str, *, model: str) -> No
   if "critic" in c:
     set_dit(c.critic, teacher, variant)
   c.text = text(variant)
+  c.world = dataclasses.asdict(world(variant))   # the world it is distilled for: evaluate_world's default
   frames, hw = latent_geometry(variant)
   c.data.update(dict(prompts=f"{data}/prompts.txt", num_frames=frames, latent_hw=hw))
   if "ode_pairs" in c:

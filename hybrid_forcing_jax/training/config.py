@@ -152,6 +152,9 @@ STAGE_SECTIONS = {
     "ode_init": ("model", "teacher", "text", "stream", "data", "optim", "train", "ode_pairs"),
     "dmd": ("model", "teacher", "critic", "text", "stream", "data", "optim", "train", "dmd", "regulariser"),
     "flow_matching": ("model", "text", "data", "optim", "train", "flow_matching", "world")}
+# Sections a stage takes when given: a student's `world` is the world it is distilled for (configs/world/*.py), which
+# evaluate_world reads to evaluate it there; the stage itself does not.
+STAGE_OPTIONAL = {"ode_init": ("world",), "dmd": ("world",), "flow_matching": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +181,11 @@ def parse(config) -> RunConfig:
   stage = d.get("stage")
   if stage not in STAGE_SECTIONS:
     raise ConfigError(f"config.stage: {stage!r} is not a training stage; known stages: {sorted(STAGE_SECTIONS)}")
-  wanted = ("stage",) + STAGE_SECTIONS[stage]
+  given = tuple(k for k in STAGE_OPTIONAL[stage] if k in d)
+  wanted = ("stage",) + STAGE_SECTIONS[stage] + given
   _check_keys(d, wanted, "config")
   sections = {}
-  for name in STAGE_SECTIONS[stage]:
+  for name in STAGE_SECTIONS[stage] + given:
     if name == "stream":
       sections[name] = _stream(d[name])
     elif name == "world":
