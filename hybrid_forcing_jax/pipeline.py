@@ -118,7 +118,7 @@ def precompile_first_chunk(model: WanDiT, params, stream: StreamConfig, context:
   compiled program by what it computes, so the stream's own calls find these ready (they trace again, which is
   cheap); the shapes carry no placements, as the stream's arguments have none, so the lowered programs are the
   same ones (tests/test_sample.py checks that each compiles once). Whether it pays depends on idle cores: on the
-  2-core CPU the shipped model's first frame comes later (3.8 -> 5.6 s: the compilations share the two cores);
+  2-core CPU the shipped model v0's first frame came later (3.8 -> 5.3-5.6 s: the compilations share the two cores);
   on an H200 host at full size it comes 8-12 s sooner from an empty cache (docs/benchmarks.md), hence
   precompile_by_default.
   context: the prompt embeddings' shape, [1, text_len, text_dim]."""
@@ -168,7 +168,7 @@ def precompile_by_default() -> bool:
   """Whether `sample` precompiles when not told (--precompile / --noprecompile): on a GPU or TPU, where the
   host has cores to spare while the device holds the work (H200, full size: 53.6-55.8 -> 42.1-48.0 s to the first
   frame from an empty cache), not on a CPU, where the compilation competes with the loading for the same cores
-  (2-core CPU, the shipped model: 3.8 -> 5.4 s)."""
+  (2-core CPU, the shipped model v0: 3.8 -> 5.3-5.6 s)."""
   return jax.default_backend() != "cpu"
 
 
@@ -184,8 +184,8 @@ def from_checkpoints(stream: StreamConfig, *, dit: str, vae: str, text_encoder: 
   text_weights_on_host: the text encoder's weights in host memory between prompts (text_encoder.py's
   HostResidentEncoder); None: text_encoder.weights_on_host_by_default (a big encoder on a GPU or TPU).
   vae_frames_per_call: latent frames per VAE decode call (latent_codec.load_latent_codec; None: a chunk).
-  precompile_size: (height, width) of the video to come: its first chunk's programs compile on background
-  threads while the rest loads (precompile_first_chunk); None: each compiles at its first call."""
+  precompile_size: (height, width) of the video to come: its first chunk's programs compile on a background
+  thread while the rest loads (precompile_first_chunk); None: each compiles at its first call."""
   dit_config, dit_params = load_checkpoint(dit, "wan_dit")
   codec, codec_params = load_latent_codec(vae, decode_frames_per_call=vae_frames_per_call)
   words = load_tokenizer(tokenizer)
