@@ -34,6 +34,9 @@ Each setting and weights' place runs in its own process (clean peak-memory count
                    device); peak_making_weights: the peak until then (making the random weights): what the
                    stream adds to the weights is peak_gib - weights_held
 `--tiny` runs the world model shipped in the package (64x64) instead, to try the script on a CPU.
+`--weights_dir=DIR` (full size, one --setting) reads the weights from converted folders in DIR with `sample`'s
+loaders (dit/, codec/, text/text_encoder/; the storage dtypes of the converters), writing random ones there first
+where missing (~14 GB, once, untimed under --cold_start): real converted weights can be timed the same way.
 
 Cold start (issue 14: <= 60 s from an empty compilation cache, <= 10 s with it filled):
 
@@ -43,8 +46,8 @@ starts the setting twice, each in a fresh process sharing one new, empty persist
 `sample --compilation_cache_dir` keeps one), streams one prompt and stops at its first frame. Each prints:
   start_to_first_frame_s  the process launched -> the first frame on the host (imports, weights, the
                    compilations the first frame needs, the first frame's own work)
-  import_s, weights_s      of it: importing the modules; making the weights on the device (random here; a real
-                   start reads them from disk instead)
+  import_s, weights_s      of it: importing the modules; making the weights on the device (random), or with
+                   --weights_dir reading them from disk as a real start does
   compile_log      where the compilations went (jax_log_compiles): per stage (trace, lower, compile: XLA's
                    compilation, or the read of its result from the persistent cache) the total seconds, the
                    number of programs and the slowest ones
@@ -72,16 +75,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hybrid_forcing_jax.config import WAN_1_3B
+from hybrid_forcing_jax.checkpoint import CONFIG_FILE, expected_shapes, flatten, load_checkpoint, save_checkpoint
+from hybrid_forcing_jax.config import WAN_1_3B, WanConfig
 from hybrid_forcing_jax.dit import WanDiT
 from hybrid_forcing_jax.dit import init_params as init_dit_params
+from hybrid_forcing_jax.latent_codec import load_latent_codec
+from hybrid_forcing_jax.models import get_model_kind
 from hybrid_forcing_jax.pipeline import (SHIPPED_MODEL, StreamingPipeline, from_checkpoints, model_folders,
                                          precompile_by_default, precompile_first_chunk, to_uint8)
 from hybrid_forcing_jax.streaming.config import from_config
 from hybrid_forcing_jax.streaming.sampler import jitted_phases, start
-from hybrid_forcing_jax.text_encoder import UMT5_XXL, TextEncoder
+from hybrid_forcing_jax.text_encoder import TEXT_LEN, UMT5_XXL, TextEncoder, UMT5Config
 from hybrid_forcing_jax.text_encoder import init_params as init_t5_params
-from hybrid_forcing_jax.vae import WAN21_VAE, WanVAE
+from hybrid_forcing_jax.vae import WAN21_VAE, VaeConfig, WanVAE
 from hybrid_forcing_jax.vae import init_params as init_vae_params
 from hybrid_forcing_jax.world.scene import WorldConfig
 
@@ -99,20 +105,52 @@ def host_t5_params(config, key):
   return dict(rest, blocks=jax.tree.map(lambda *layers: np.concatenate(layers), *blocks))
 
 
+def write_random_weights(folder: str, wan: WanConfig, t5: UMT5Config, vae: VaeConfig) -> None:
+  """--weights_dir: random weights written as converted folders in the exported-model layout that `sample`
+  reads (pipeline.model_folders: dit/, codec/ (here the Wan VAE), text/text_encoder/), in the storage dtypes
+  the converters write (bf16 matmul weights, fp32 norms and modulation). A folder already there is kept."""
+  paths = model_folders(folder)
+  makers = {"text_encoder": ("umt5", t5, lambda: host_t5_params(t5, jax.random.key(1))),
+            "dit": ("wan_dit", wan, lambda: jax.jit(functools.partial(init_dit_params, wan, param_dtype=jnp.bfloat16))(
+                jax.random.key(0))),
+            "vae": ("wan_vae", vae, lambda: init_vae_params(vae, 0))}
+  for part, (kind, config, make) in makers.items():
+    if os.path.exists(os.path.join(paths[part], CONFIG_FILE)):
+      continue
+    storage = expected_shapes(get_model_kind(kind), config)
+    flat = {name: np.asarray(jax.device_get(x)).astype(storage[name].dtype) for name, x in flatten(make()).items()}
+    save_checkpoint(paths[part], kind, config, flat)
+
+
 def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int | None = None,
-                       precompile: bool = False) -> StreamingPipeline:
-  """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights. Prompts become fixed pseudo-random
-  token ids (no tokenizer files here); the encoder runs all 512 positions whatever the prompt. precompile: as
-  `sample --precompile`, the first chunk's programs start compiling once the DiT's weights are made."""
+                       precompile: bool = False, weights_dir: str | None = None) -> StreamingPipeline:
+  """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights, made on the device or (weights_dir) read from
+  the converted folders there as `sample` reads them (written first by write_random_weights where missing).
+  Prompts become fixed pseudo-random token ids (no tokenizer files here); the encoder runs all 512 positions
+  whatever the prompt. precompile: as `sample --precompile`, the first chunk's programs start compiling once the
+  DiT's weights are there (before the text encoder's)."""
   bf16 = jnp.bfloat16
-  if text_weights_on_host:   # before the DiT: the layer-by-layer making's transient memory comes first
-    t5_params = host_t5_params(UMT5_XXL, jax.random.key(1))
-  else:
-    t5_params = jax.jit(functools.partial(init_t5_params, UMT5_XXL, param_dtype=bf16))(jax.random.key(1))
-  encoder = TextEncoder(UMT5_XXL, t5_params, dtype=bf16, weights_on_host=text_weights_on_host)
-  del t5_params   # the host-resident encoder made its own (pinned) copy: the NumPy one can go
   wan = dataclasses.replace(WAN_1_3B, linear_proj=cfg.linear)
-  dit_params = jax.jit(functools.partial(init_dit_params, wan, param_dtype=bf16))(jax.random.key(0))
+  text_shape = jax.ShapeDtypeStruct((1, TEXT_LEN, UMT5_XXL.dim), bf16)
+  latent_hw = (FULL_SIZE[0] // WAN21_VAE.spatial_factor, FULL_SIZE[1] // WAN21_VAE.spatial_factor)
+  model = WanDiT(wan, dtype=bf16, param_dtype=bf16, attention_backend="auto")
+  if weights_dir:
+    write_random_weights(weights_dir, wan, UMT5_XXL, WAN21_VAE)
+    paths = model_folders(weights_dir)
+    _, dit_params = load_checkpoint(paths["dit"], "wan_dit", expected_config=wan)
+    vae, vae_params = load_latent_codec(paths["vae"], decode_frames_per_call=vae_frames_per_call)
+    precompiled = precompile_first_chunk(model, dit_params, cfg, text_shape, latent_hw) if precompile else {}
+    encoder = TextEncoder.from_checkpoint(paths["text_encoder"], dtype=bf16, weights_on_host=text_weights_on_host)
+  else:
+    if text_weights_on_host:   # before the DiT: the layer-by-layer making's transient memory comes first
+      t5_params = host_t5_params(UMT5_XXL, jax.random.key(1))
+    else:
+      t5_params = jax.jit(functools.partial(init_t5_params, UMT5_XXL, param_dtype=bf16))(jax.random.key(1))
+    encoder = TextEncoder(UMT5_XXL, t5_params, dtype=bf16, weights_on_host=text_weights_on_host)
+    del t5_params   # the host-resident encoder made its own (pinned) copy: the NumPy one can go
+    dit_params = jax.jit(functools.partial(init_dit_params, wan, param_dtype=bf16))(jax.random.key(0))
+    vae, vae_params = WanVAE(WAN21_VAE, decode_frames_per_call=vae_frames_per_call), init_vae_params(WAN21_VAE, 0)
+    precompiled = precompile_first_chunk(model, dit_params, cfg, text_shape, latent_hw) if precompile else {}
 
   def embed(prompts):
     ids = np.zeros((len(prompts), encoder.text_len), np.int32)
@@ -122,14 +160,7 @@ def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int
       ids[i, :80], mask[i, :80] = tokens, 1
     return encoder.encode_ids(ids, mask)
 
-  model = WanDiT(wan, dtype=bf16, param_dtype=bf16, attention_backend="auto")
-  vae = WanVAE(WAN21_VAE, decode_frames_per_call=vae_frames_per_call)
-  precompiled = {}
-  if precompile:
-    precompiled = precompile_first_chunk(model, dit_params, cfg,
-                                         jax.ShapeDtypeStruct((1, encoder.text_len, UMT5_XXL.dim), bf16),
-                                         (FULL_SIZE[0] // WAN21_VAE.spatial_factor, FULL_SIZE[1] // WAN21_VAE.spatial_factor))
-  return StreamingPipeline(model, dit_params, cfg, vae, init_vae_params(WAN21_VAE, 0), embed, precompiled)
+  return StreamingPipeline(model, dit_params, cfg, vae, vae_params, embed, precompiled)
 
 
 def stream_stamps(pipe: StreamingPipeline, prompt: str, num_chunks: int, hw, mp4: str | None = None):
@@ -243,7 +274,7 @@ def make_pipeline(name: str, text_encoder_weights: str, args):
     hw = (WorldConfig().height, WorldConfig().width)
     return from_checkpoints(cfg, text_weights_on_host=on_host, precompile_size=hw if precompile else None,
                             **model_folders(SHIPPED_MODEL)), hw
-  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, precompile), FULL_SIZE
+  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, precompile, args.weights_dir), FULL_SIZE
 
 
 def run_setting(name: str, text_encoder_weights: str, args):
@@ -335,12 +366,16 @@ def child_command(name: str, text_encoder_weights: str, args, *extra: str) -> li
     cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
   if args.precompile is not None:
     cmd.append("--precompile" if args.precompile else "--no-precompile")
+  if args.weights_dir:
+    cmd.append(f"--weights_dir={args.weights_dir}")
   return cmd
 
 
 def cold_start(name: str, text_encoder_weights: str, args) -> None:
   """Two fresh processes of first_frame_only sharing one new, empty compilation cache: cold, then warm.
   This process itself never touches a device (it would hold GPU memory the children need)."""
+  if args.weights_dir:   # written before the timed starts, which read them
+    subprocess.run(child_command(name, text_encoder_weights, args, "--write_weights_only"), check=True)
   cache = tempfile.mkdtemp(prefix="bench_cold_start_")
   try:
     for run in ("empty cache", "filled cache"):
@@ -376,11 +411,23 @@ def main():
   parser.add_argument("--mp4", default=None, help="also time a stream written to this MP4 (needs imageio-ffmpeg)")
   parser.add_argument("--cold_start", action="store_true",
                       help="time process start -> first frame, with an empty then a filled compilation cache")
+  parser.add_argument("--weights_dir", default=None,
+                      help="full size: read the weights from converted folders here (dit/, codec/, text/text_encoder/: "
+                           "the layout `sample` reads), as a real start does; random ones are written there first "
+                           "where missing (~14 GB). One --setting (the DiT there has that setting's linear_proj)")
   parser.add_argument("--first_frame_only", action="store_true", help=argparse.SUPPRESS)   # --cold_start's child
+  parser.add_argument("--write_weights_only", action="store_true", help=argparse.SUPPRESS)   # --weights_dir's child
   parser.add_argument("--compilation_cache_dir", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   settings = ("hybrid", "self_forcing") if args.setting == "both" else (args.setting,)
   places = ("host", "device") if args.text_encoder_weights == "both" else (args.text_encoder_weights,)
+  if args.weights_dir and (args.tiny or len(settings) > 1):
+    parser.error("--weights_dir: full size and one --setting only (--tiny reads the shipped model; the folder's "
+                 "DiT has one setting's linear_proj)")
+  if args.write_weights_only:
+    cfg = importlib.import_module(f"configs.{settings[0]}").get_config().stream
+    write_random_weights(args.weights_dir, dataclasses.replace(WAN_1_3B, linear_proj=cfg.linear), UMT5_XXL, WAN21_VAE)
+    return
   if args.first_frame_only:
     first_frame_only(settings[0], places[0], args)
     return
