@@ -161,6 +161,8 @@ def make_generator(model, params, stream, codec, codec_params, embed):
 def evaluate(rows: dict, world, videos: dict) -> dict:
   """Row name -> task -> results (None: the task does not apply to that generator). videos: row name ->
   prompt following's [(caption, video)], filled here when --videos_npz asks for them."""
+  from tqdm import tqdm
+
   from hybrid_forcing_jax.world import eval_tasks
   from hybrid_forcing_jax.world.eval_generators import TeacherGenerator
   common = dict(num_videos=FLAGS.num_videos, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
@@ -169,15 +171,22 @@ def evaluate(rows: dict, world, videos: dict) -> dict:
     results[name] = {}
     for task in FLAGS.tasks:
       print(f"evaluate_world: {name}: {task} ...", file=sys.stderr, flush=True)
-      if task == "long_horizon":
-        # A bidirectional teacher makes one clip of the training length; long videos are the students'.
-        out = None if isinstance(generate, TeacherGenerator) else eval_tasks.long_horizon(
-            generate, world, seconds=FLAGS.horizon_seconds, **common)
-      elif task == "prompt_following":
-        keep = videos.setdefault(name, []) if FLAGS.videos_npz else None   # held only to be written
-        out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split, keep=keep, **common)
-      else:
-        out = getattr(eval_tasks, task)(generate, world, **common)
+      # A bidirectional teacher makes one clip of the training length; long videos are the students'.
+      skip = task == "long_horizon" and isinstance(generate, TeacherGenerator)
+      frames = eval_tasks.horizon_frames(world, FLAGS.horizon_seconds) if task == "long_horizon" else world.num_frames
+      with tqdm(total=0 if skip else FLAGS.num_videos * frames, unit="frame", desc=f"{name}: {task}",
+                dynamic_ncols=True, disable=skip) as bar:
+        generate.progress = bar.update   # the video frames made so far, over the task's videos
+        if skip:
+          out = None
+        elif task == "long_horizon":
+          out = eval_tasks.long_horizon(generate, world, seconds=FLAGS.horizon_seconds, **common)
+        elif task == "prompt_following":
+          keep = videos.setdefault(name, []) if FLAGS.videos_npz else None   # held only to be written
+          out = eval_tasks.prompt_following(generate, world, split=FLAGS.prompt_split, keep=keep, **common)
+        else:
+          out = getattr(eval_tasks, task)(generate, world, **common)
+        generate.progress = None
       results[name][task] = out
   return results
 

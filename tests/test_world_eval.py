@@ -189,6 +189,10 @@ def test_cli_evaluates_the_shipped_model():
                       "--horizon_seconds=5")
   assert done.returncode == 0, done.stderr[-2000:]
   assert "Prompt following: held-out captions, 1 videos of 21 frames" in done.stdout and "Long horizon" in done.stdout
+  # a progress bar per task, over the video frames it makes, run to its end (5 s at 16 fps: 80 frames)
+  bars = done.stderr.replace("\r", "\n").splitlines()
+  assert any(line.startswith("dit: prompt_following: 100%") and "21/21" in line for line in bars), done.stderr[-2000:]
+  assert any(line.startswith("dit: long_horizon: 100%") and "80/80" in line for line in bars), done.stderr[-2000:]
 
 
 def _square_video(xs, frames: int = 20, size: int = 12) -> np.ndarray:

@@ -43,7 +43,17 @@ def _encode_prefix(codec, codec_params, videos: np.ndarray, frames: int):
   return codec.encode(codec_params, jnp.asarray(videos[:, :frames], jnp.float32) / 127.5 - 1.0)
 
 
-class _ModelGenerator:
+class _Reporting:
+  """`progress`: None, or a callable (evaluate_world sets a progress bar's `update`) told how many video frames
+  each call has finished, summed over its batch, as they are made."""
+  progress = None
+
+  def _made(self, frames: int) -> None:
+    if self.progress is not None:
+      self.progress(frames)
+
+
+class _ModelGenerator(_Reporting):
   """What the model rows share: their latent codec's grouping of video frames."""
   codec: object
 
@@ -92,6 +102,7 @@ class StreamGenerator(_ModelGenerator):
         state, latents = step(self.params, state)
       frames, cache = self.codec.decode_chunk(self.codec_params, latents.astype(self.codec.options.dtype), cache)
       out.append(np.asarray(_to_uint8(frames)))
+      self._made(len(examples) * min(out[-1].shape[1], num_frames - made))
       made += out[-1].shape[1]
       index += 1
     return np.concatenate(out, axis=1)[:, :num_frames]
@@ -127,16 +138,18 @@ class TeacherGenerator(_ModelGenerator):
         raise ValueError(f"a prefix of {prefix_frames} frames is no whole number of latent frames of the video")
       known = _encode_prefix(self.codec, self.codec_params, videos, prefix_frames).astype(jnp.float32)
     z = self._sample(self.params, jax.random.normal(key, shape, jnp.float32), cond, uncond, known=known)[:, -1]
-    frames = self.codec.decode(self.codec_params, z.astype(self.codec.options.dtype))
-    return np.asarray(_to_uint8(frames))[:, :num_frames]
+    frames = np.asarray(_to_uint8(self.codec.decode(self.codec_params, z.astype(self.codec.options.dtype))))
+    self._made(len(examples) * num_frames)
+    return frames[:, :num_frames]
 
 
-class GroundTruth:
+class GroundTruth(_Reporting):
   # Its steps are split as the world codec's latent frames would hold the frames (the reference for a model's).
   temporal_factor = PixelCodecConfig().temporal_factor
 
   def __call__(self, examples, num_frames: int, key, prefix_frames: int = 0) -> np.ndarray:
     del key, prefix_frames   # the whole video is the ground truth's, prefix or not
+    self._made(len(examples) * num_frames)
     return _videos(examples)[:, :num_frames]
 
   def prefix_frames(self, frames: int) -> int:

@@ -78,10 +78,15 @@ def prompt_following(generate, world: WorldConfig, *, num_videos: int, seed: int
   return {**_mean(rows), "split": split, "videos": len(rows)}
 
 
+def horizon_frames(world: WorldConfig, seconds: float) -> int:
+  """Frames of each long-horizon video."""
+  return int(round(seconds * world.fps))
+
+
 def long_horizon(generate, world: WorldConfig, *, seconds: float, num_videos: int, seed: int,
                  batch_size: int) -> dict:
   window = WINDOW_SECONDS * world.fps
-  frames = int(round(seconds * world.fps))
+  frames = horizon_frames(world, seconds)
   if frames < window:
     raise ValueError(f"long horizon: {seconds} s is shorter than one {WINDOW_SECONDS}-second window")
   world = dataclasses.replace(world, num_frames=frames, omit_probability=0.0, leaving_fraction=0.0,
