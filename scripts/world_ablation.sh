@@ -8,13 +8,14 @@
 #   scripts/world_ablation.sh --layout=frame     # after scripts/world_pipeline.sh --layout=frame
 #   scripts/world_ablation.sh --tiny --data=/tmp/world/data --runs=/tmp/world/runs --rows=window --seeds=0  # CPU
 #
-# --data, --runs: scripts/world_pipeline.sh's folders (its exports are read, RUNS/ablation is written);
+# --data, --runs: scripts/world_pipeline.sh's folders (its exports are read, RUNS/ablation is written; --out=FOLDER
+# writes there instead, e.g. a variant of every row: --out=RUNS/ablation_dense --config.stream.sparse_ratio=1.0);
 # --seeds=0,1; --rows=window,hybrid,... (default: all five); --num_videos=N per task and seed (default 48,
 # --tiny 2); any --config.* flag goes to every train command and to the students' evaluation. Run it again
 # to resume: training continues from its checkpoint, an evaluation of the current student is kept.
 set -euo pipefail
 
-size="" layout="" data="" runs="" seeds=0,1 rows=window,hybrid,relative_rope,regulariser,decoupled
+size="" layout="" data="" runs="" out="" seeds=0,1 rows=window,hybrid,relative_rope,regulariser,decoupled
 num_videos=48 eval_flags=() extra=()
 for arg in "$@"; do
   case "$arg" in
@@ -22,10 +23,11 @@ for arg in "$@"; do
     --layout=*) layout="${arg#--layout=}" ;;
     --data=*) data="${arg#--data=}" ;;
     --runs=*) runs="${arg#--runs=}" ;;
+    --out=*) out="${arg#--out=}"; [[ -n "$out" ]] || { echo "world_ablation.sh: error: --out= is empty" >&2; exit 2; } ;;
     --seeds=*) seeds="${arg#--seeds=}" ;;
     --rows=*) rows="${arg#--rows=}" ;;
     --num_videos=*) num_videos="${arg#--num_videos=}" ;;
-    --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,15p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_ablation.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -66,7 +68,7 @@ for row in "${rows[@]}"; do   # where each row starts: decoupled from phase 1, t
   else ode_init=${ode_init:-$(needs ode_init)}; fi
 done
 
-out="$runs/ablation"
+out=${out:-$runs/ablation}
 dmd=(--config.text.encoder="$data/text/text_encoder" --config.text.tokenizer="$data/text/tokenizer"
      --config.text.cache_dir="$data/text_cache" --config.data.prompts="$data/prompts.txt"
      --config.teacher.checkpoint="$teacher" --config.critic.checkpoint="$teacher" --config.dmd.vae="$data/codec")

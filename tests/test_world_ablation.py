@@ -192,6 +192,8 @@ def test_script_refuses_without_the_main_pipelines_outputs(tmp_path):
   (runs / "ode_init/export/00000005").mkdir(parents=True)
   done = run_script(*where, "--rows=window,decoupled")   # decoupled starts from phase 1, which is missing
   assert done.returncode == 2 and f"no export in {runs}/self_forcing/export" in done.stderr, done.stderr
+  done = run_script(*where, "--out=")
+  assert done.returncode == 2 and "--out= is empty" in done.stderr, done.stderr
   assert not (runs / "ablation").exists()
 
 
