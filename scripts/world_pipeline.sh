@@ -9,13 +9,14 @@
 #   scripts/world_pipeline.sh --layout=frame4    # the same with the DiTs' 4x4 patches: data/world_frame4, runs/world_frame4
 #   scripts/world_pipeline.sh --teacher=FOLDER   # an existing teacher export instead of the teacher step
 #   scripts/world_pipeline.sh --steps=ode_init=600,hybrid=400   # a stage's train.steps instead of its config's
+#   scripts/world_pipeline.sh --long_memory_fraction=0.3 --data=data/world_memory   # prompts with long-memory captions
 #
 # Every step resumes: run the same command again after an interruption and each finished step returns
 # quickly (train continues from its last checkpoint, make_ode_pairs skips finished shards, world.prepare
 # keeps what exists). Any --config.* flag is passed to every train command (e.g. --config.train.log_every=10).
 set -euo pipefail
 
-size="" layout="" data="" runs="" teacher="" num_prompts=1000 extra=()
+size="" layout="" data="" runs="" teacher="" num_prompts=1000 memory=0 extra=()
 declare -A steps=()
 for arg in "$@"; do
   case "$arg" in
@@ -24,6 +25,7 @@ for arg in "$@"; do
     --data=*) data="${arg#--data=}" ;;
     --runs=*) runs="${arg#--runs=}" ;;
     --teacher=*) teacher="${arg#--teacher=}" ;;
+    --long_memory_fraction=*) memory="${arg#--long_memory_fraction=}" ;;
     --steps=*)
       IFS=, read -r -a pairs <<< "${arg#--steps=}"
       for pair in "${pairs[@]}"; do
@@ -33,7 +35,7 @@ for arg in "$@"; do
                "self_forcing, hybrid and N a positive integer" >&2; exit 2; }
         steps[$stage]=$n
       done ;;
-    --help|-h) sed -n '2,15p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,16p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_pipeline.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
@@ -60,7 +62,7 @@ train() {  # train STAGE_CONFIG WORKDIR OVERRIDES...
 }
 
 step prepare python -m hybrid_forcing_jax.world.prepare --output="$data" --num_prompts="$num_prompts" \
-  --temporal_factor="$temporal_factor"
+  --temporal_factor="$temporal_factor" --long_memory_fraction="$memory"
 
 adopt_teacher() {  # --teacher: its export becomes the teacher run's (the later steps and world_ablation.sh read it there)
   [[ -n "$(latest_export "$runs/teacher")" ]] && return

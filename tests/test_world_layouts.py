@@ -35,6 +35,30 @@ def test_prepare_writes_the_layouts_codec_and_refuses_a_folder_of_another(tmp_pa
   assert done.returncode == 0 and done.stdout.count("kept") == 3, done.stdout
 
 
+def test_prepare_writes_long_memory_prompts_and_refuses_other_settings_for_kept_ones(tmp_path):
+  """--long_memory_fraction: that share of the prompts are long-memory scenes' captions (no colour said); a kept
+  prompts.txt written with other settings (prompts.json) is refused, not silently reused for other prompts."""
+  from hybrid_forcing_jax.world import grammar
+  from hybrid_forcing_jax.world.captions import training_captions
+  from hybrid_forcing_jax.world.scene import WorldConfig
+  out = tmp_path / "memory"
+  done = prepare(out, "--long_memory_fraction=1")
+  assert done.returncode == 0, done.stderr[-2000:]
+  prompts = (out / "prompts.txt").read_text().splitlines()
+  assert prompts == training_captions(2, 0, WorldConfig(long_memory_fraction=1.0)) != training_captions(2, 0)
+  assert all("out of view and back" in p and not any(c in p.split() for c in grammar.COLOURS) for p in prompts)
+  written = (out / "prompts.txt").read_text()
+  for flags in ((), ("--long_memory_fraction=0.5",), ("--long_memory_fraction=1", "--seed=1")):
+    done = prepare(out, *flags)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{out / 'prompts.txt'} was written with" in done.stderr, done.stderr
+  assert (out / "prompts.txt").read_text() == written   # nothing overwritten
+  assert prepare(out, "--long_memory_fraction=1").returncode == 0   # the same settings: kept
+  done = prepare(tmp_path / "w", "--long_memory_fraction=1.5")
+  assert done.returncode == 2 and "--long_memory_fraction must be in [0, 1], got 1.5" in done.stderr
+  assert not (tmp_path / "w").exists()
+
+
 def test_prepare_refuses_a_temporal_factor_below_one(tmp_path):
   done = prepare(tmp_path / "w", "--temporal_factor=0")
   assert done.returncode == 2 and "--temporal_factor must be >= 1, got 0" in done.stderr

@@ -3,6 +3,7 @@ tokenizer, the pixel codec, and a prompts file of training captions (world/asset
 
   python -m hybrid_forcing_jax.world.prepare --output=data/world [--num_prompts=1000 --seed=0]
   python -m hybrid_forcing_jax.world.prepare --output=data/world_frame --temporal_factor=1   # layout `frame`
+  python -m hybrid_forcing_jax.world.prepare --output=data/world_memory --long_memory_fraction=0.3   # memory prompts
 
 Each part that already exists is kept (the pipeline's steps are resumable; nothing is overwritten).
 """
@@ -18,6 +19,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Folder to write text/, codec/ and prompts.txt into")
 flags.DEFINE_integer("num_prompts", 1000, "Captions in prompts.txt (make_ode_pairs writes one ODE pair per line)")
 flags.DEFINE_integer("seed", 0, "Seed of the train examples whose captions go into prompts.txt")
+flags.DEFINE_float("long_memory_fraction", 0.0, "Share of long-memory scenes (no colour in the caption, the object "
+                   "leaving and coming back: docs/world.md) among the train examples whose captions go into prompts.txt")
 flags.DEFINE_integer("temporal_factor", 4, "Video frames a latent frame of the codec (the world configs' layout: 4 "
                      "by default, 1 for the variant `frame`)")
 
@@ -31,11 +34,14 @@ def main(argv) -> int:
     raise cli.BadInput(f"--output={FLAGS.output}: exists and is not a folder")
   if FLAGS.temporal_factor < 1:
     raise cli.BadInput(f"--temporal_factor must be >= 1, got {FLAGS.temporal_factor}")
+  if not 0.0 <= FLAGS.long_memory_fraction <= 1.0:
+    raise cli.BadInput(f"--long_memory_fraction must be in [0, 1], got {FLAGS.long_memory_fraction}")
   from hybrid_forcing_jax.world.assets import prepare   # lazy: --help without jax
   from hybrid_forcing_jax.world.codec import PixelCodecConfig
   try:
-    lines = prepare(FLAGS.output, FLAGS.num_prompts, FLAGS.seed, PixelCodecConfig(temporal_factor=FLAGS.temporal_factor))
-  except FileExistsError as e:   # a folder prepared for another layout
+    lines = prepare(FLAGS.output, FLAGS.num_prompts, FLAGS.seed, PixelCodecConfig(temporal_factor=FLAGS.temporal_factor),
+                    FLAGS.long_memory_fraction)
+  except FileExistsError as e:   # a folder prepared for another layout or other prompts
     raise cli.BadInput(str(e)) from None
   for line in lines:
     print(f"world.prepare: {line}")
