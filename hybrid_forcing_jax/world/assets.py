@@ -44,10 +44,10 @@ def prepare(output: str, num_prompts: int, seed: int, codec: PixelCodecConfig = 
       raise FileExistsError(f"{os.path.join(output, PROMPTS)} was written with {found}, not {settings}: use "
                             "another --output for other prompts")
 
-  def write_prompts(path):
-    captions_file(path, num_prompts, seed, WorldConfig(long_memory_fraction=long_memory_fraction))
+  def write_prompts(path):   # the settings first: a prompts.txt never lies on disk without them
     with open(sidecar, "w") as f:
       json.dump(settings, f, indent=2)
+    captions_file(path, num_prompts, seed, WorldConfig(long_memory_fraction=long_memory_fraction))
 
   writers = {TEXT: save_world_text, CODEC: lambda path: save_pixel_codec(path, codec), PROMPTS: write_prompts}
   lines = []
