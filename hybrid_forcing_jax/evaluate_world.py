@@ -171,15 +171,14 @@ def evaluate(rows: dict, world, videos: dict) -> dict:
     results[name] = {}
     for task in FLAGS.tasks:
       print(f"evaluate_world: {name}: {task} ...", file=sys.stderr, flush=True)
-      # A bidirectional teacher makes one clip of the training length; long videos are the students'.
-      skip = task == "long_horizon" and isinstance(generate, TeacherGenerator)
+      if task == "long_horizon" and isinstance(generate, TeacherGenerator):
+        # A bidirectional teacher makes one clip of the training length; long videos are the students'.
+        results[name][task] = None
+        continue
       frames = eval_tasks.horizon_frames(world, FLAGS.horizon_seconds) if task == "long_horizon" else world.num_frames
-      with tqdm(total=0 if skip else FLAGS.num_videos * frames, unit="frame", desc=f"{name}: {task}",
-                dynamic_ncols=True, disable=skip) as bar:
+      with tqdm(total=FLAGS.num_videos * frames, unit="frame", desc=f"{name}: {task}", dynamic_ncols=True) as bar:
         generate.progress = bar.update   # the video frames made so far, over the task's videos
-        if skip:
-          out = None
-        elif task == "long_horizon":
+        if task == "long_horizon":
           out = eval_tasks.long_horizon(generate, world, seconds=FLAGS.horizon_seconds, **common)
         elif task == "prompt_following":
           keep = videos.setdefault(name, []) if FLAGS.videos_npz else None   # held only to be written
