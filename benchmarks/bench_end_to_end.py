@@ -105,6 +105,11 @@ def host_t5_params(config, key):
   return dict(rest, blocks=jax.tree.map(lambda *layers: np.concatenate(layers), *blocks))
 
 
+def setting_dit(stream) -> WanConfig:
+  """The full-size DiT of a setting: Wan2.1-1.3B, with linear_proj where the stream has a linear memory."""
+  return dataclasses.replace(WAN_1_3B, linear_proj=stream.linear)
+
+
 def write_random_weights(folder: str, wan: WanConfig, t5: UMT5Config, vae: VaeConfig) -> None:
   """--weights_dir: random weights written as converted folders in the exported-model layout that `sample`
   reads (pipeline.model_folders: dit/, codec/ (here the Wan VAE), text/text_encoder/), in the storage dtypes
@@ -130,7 +135,7 @@ def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int
   whatever the prompt. precompile: as `sample --precompile`, the first chunk's programs start compiling once the
   DiT's weights are there (before the text encoder's)."""
   bf16 = jnp.bfloat16
-  wan = dataclasses.replace(WAN_1_3B, linear_proj=cfg.linear)
+  wan = setting_dit(cfg)
   text_shape = jax.ShapeDtypeStruct((1, TEXT_LEN, UMT5_XXL.dim), bf16)
   latent_hw = (FULL_SIZE[0] // WAN21_VAE.spatial_factor, FULL_SIZE[1] // WAN21_VAE.spatial_factor)
   model = WanDiT(wan, dtype=bf16, param_dtype=bf16, attention_backend="auto")
@@ -426,7 +431,7 @@ def main():
                  "DiT has one setting's linear_proj)")
   if args.write_weights_only:
     cfg = importlib.import_module(f"configs.{settings[0]}").get_config().stream
-    write_random_weights(args.weights_dir, dataclasses.replace(WAN_1_3B, linear_proj=cfg.linear), UMT5_XXL, WAN21_VAE)
+    write_random_weights(args.weights_dir, setting_dit(cfg), UMT5_XXL, WAN21_VAE)
     return
   if args.first_frame_only:
     first_frame_only(settings[0], places[0], args)
