@@ -1,5 +1,5 @@
 # Shell functions of scripts/world_pipeline.sh and scripts/world_ablation.sh (sourced; the caller sets SCRIPT,
-# its name for messages).
+# its name for messages, and may set STOP_AFTER, a step's name: the script exits 0 once that step is done).
 
 step() {  # step NAME COMMAND...: run it, say how long it took
   local name="$1" start=$SECONDS
@@ -7,6 +7,10 @@ step() {  # step NAME COMMAND...: run it, say how long it took
   echo "== $SCRIPT: $name: $*"
   "$@"
   echo "== $SCRIPT: $name done in $((SECONDS - start)) s"
+  if [[ "$name" == "${STOP_AFTER:-}" ]]; then
+    echo "== $SCRIPT: stopped after $name (--until)"
+    exit 0
+  fi
 }
 
 latest_export() {  # the newest EMA export of a run (the trainer writes export/<8-digit step>), or nothing

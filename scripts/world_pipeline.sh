@@ -10,13 +10,15 @@
 #   scripts/world_pipeline.sh --teacher=FOLDER   # an existing teacher export instead of the teacher step
 #   scripts/world_pipeline.sh --steps=ode_init=600,hybrid=400   # a stage's train.steps instead of its config's
 #   scripts/world_pipeline.sh --long_memory_fraction=0.3 --data=data/world_memory   # prompts with long-memory captions
+#   scripts/world_pipeline.sh --until=ode_init   # stop after that step (prepare, teacher, ode_pairs, ode_init,
+#                                                # self_forcing, hybrid, export): run later steps as soon as it is done
 #
 # Every step resumes: run the same command again after an interruption and each finished step returns
 # quickly (train continues from its last checkpoint, make_ode_pairs skips finished shards, world.prepare
 # keeps what exists). Any --config.* flag is passed to every train command (e.g. --config.train.log_every=10).
 set -euo pipefail
 
-size="" layout="" data="" runs="" teacher="" num_prompts=1000 memory=0 extra=()
+size="" layout="" data="" runs="" teacher="" num_prompts=1000 memory=0 until="" extra=()
 declare -A steps=()
 for arg in "$@"; do
   case "$arg" in
@@ -26,6 +28,11 @@ for arg in "$@"; do
     --runs=*) runs="${arg#--runs=}" ;;
     --teacher=*) teacher="${arg#--teacher=}" ;;
     --long_memory_fraction=*) memory="${arg#--long_memory_fraction=}" ;;
+    --until=*)
+      until="${arg#--until=}"
+      [[ " prepare teacher ode_pairs ode_init self_forcing hybrid export " == *" $until "* ]] || {
+        echo "world_pipeline.sh: error: --until: '$until' is not a step; steps: prepare, teacher, ode_pairs," \
+             "ode_init, self_forcing, hybrid, export" >&2; exit 2; } ;;
     --steps=*)
       IFS=, read -r -a pairs <<< "${arg#--steps=}"
       for pair in "${pairs[@]}"; do
@@ -35,12 +42,12 @@ for arg in "$@"; do
                "self_forcing, hybrid and N a positive integer" >&2; exit 2; }
         steps[$stage]=$n
       done ;;
-    --help|-h) sed -n '2,16p' "$0"; exit 0 ;;
+    --help|-h) sed -n '2,18p' "$0"; exit 0 ;;
     --config.*) extra+=("$arg") ;;
     *) echo "world_pipeline.sh: error: unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
-SCRIPT=world_pipeline.sh
+SCRIPT=world_pipeline.sh STOP_AFTER=$until
 # shellcheck source=scripts/world_lib.sh
 source "$(dirname "$0")/world_lib.sh"
 found=$(world_variant "$size" "$layout") || exit 2

@@ -122,3 +122,21 @@ def test_student_configs_carry_the_world_they_are_distilled_for():
       config = importlib.import_module(f"configs.world.{stage}").get_config(variant)
       assert parse(config).world == common.world(variant), (stage, variant)
   assert parse(hybrid.get_config()).world is None
+
+
+def test_pipeline_until_stops_after_that_step(tmp_path):
+  """--until=prepare: the world assets are written, nothing of the teacher's step runs, exit 0."""
+  done = subprocess.run(["bash", "scripts/world_pipeline.sh", "--tiny", "--until=prepare", f"--data={tmp_path}/d",
+                         f"--runs={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert (tmp_path / "d" / "prompts.txt").is_file() and (tmp_path / "d" / "codec").is_dir()
+  assert "stopped after prepare (--until)" in done.stdout and "== world_pipeline.sh: teacher" not in done.stdout
+  assert not os.path.exists(tmp_path / "r")
+
+
+def test_pipeline_refuses_an_unknown_until(tmp_path):
+  done = subprocess.run(["bash", "scripts/world_pipeline.sh", "--tiny", "--until=odeinit", f"--data={tmp_path}/d",
+                         f"--runs={tmp_path}/r"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr.strip().startswith("world_pipeline.sh: error: --until: 'odeinit' is not a step; steps: prepare,")
+  assert not os.path.exists(tmp_path / "d")
