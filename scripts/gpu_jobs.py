@@ -1,0 +1,204 @@
+"""Run a plan of resumable jobs over the GPUs of one host until a time budget ends (docs/world.md, "Running the
+world's experiments on one host").
+
+  python scripts/gpu_jobs.py --plan=scripts/world_plan.py --work=/root/w --budget_s=530 [--per_gpu=3]
+      [--gpus=0,1,2,3] [--only=NAME,...] [--set KEY=VALUE ...] [--dry_run]
+
+The plan is a Python file whose `jobs(work, settings)` returns `Job`s in priority order. A job starts as soon as the
+jobs it depends on are done and a GPU has room: a shared job takes one GPU, beside up to --per_gpu - 1 others
+(tiny models: several trainers per GPU keep it busier); an exclusive job holds the GPUs it names alone (a
+data-parallel teacher, a benchmark); `gpus=()` runs on the CPU. Each job runs in its own process group with
+`CUDA_VISIBLE_DEVICES` set and `XLA_PYTHON_CLIENT_PREALLOCATE=false`, its output appended to WORK/logs/NAME.log.
+Exit 0 writes WORK/done/NAME (what makes a job done, here and in every later run); a failed job is not retried
+in this run and its dependants wait. At the budget's end every running job gets SIGTERM (the trainer saves and
+stops), then SIGKILL after --grace_s: run the same command again to go on where it stopped.
+
+Exit status: 0 when every job of the plan is done, 1 when one failed, 3 when the budget ended first.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  name: str
+  cmd: str                      # a bash command line, run in the current folder
+  deps: tuple[str, ...] = ()    # names of jobs that must be done first
+  gpus: tuple[int, ...] | None = None   # None: any one GPU, shared; (): the CPU; (i, ...): these GPUs
+  exclusive: bool = False       # hold `gpus` alone (no other job on them while it runs)
+
+
+def load_plan(path: str, work: str, settings: dict[str, str]) -> list[Job]:
+  spec = importlib.util.spec_from_file_location("gpu_jobs_plan", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  jobs = module.jobs(work, settings)
+  names = [j.name for j in jobs]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"{path}: job names must be unique; repeated: {duplicates}")
+  unknown = sorted({d for j in jobs for d in j.deps if d not in names})
+  if unknown:
+    raise ValueError(f"{path}: jobs depend on jobs the plan does not have: {unknown}")
+  return jobs
+
+
+class Runner:
+  def __init__(self, jobs: list[Job], work: str, gpus: list[int], per_gpu: int):
+    self.jobs, self.work, self.gpus, self.per_gpu = jobs, work, gpus, per_gpu
+    self.running: dict[str, tuple[subprocess.Popen, tuple[int, ...], bool, float]] = {}
+    self.failed: set[str] = set()
+    for sub in ("done", "logs"):
+      os.makedirs(os.path.join(work, sub), exist_ok=True)
+
+  def done(self, name: str) -> bool:
+    return os.path.exists(os.path.join(self.work, "done", name))
+
+  def load(self, gpu: int) -> int:
+    return sum(gpu in gpus for _, gpus, _, _ in self.running.values())
+
+  def held_alone(self, gpu: int) -> bool:
+    return any(exclusive and gpu in gpus for _, gpus, exclusive, _ in self.running.values())
+
+  def say(self, message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] gpu_jobs: {message}", flush=True)
+
+  def start(self, job: Job, gpus: tuple[int, ...]) -> None:
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1",
+               CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))
+    with open(os.path.join(self.work, "logs", f"{job.name}.log"), "a") as log:
+      log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} on GPUs {list(gpus)}: {job.cmd}\n")
+      log.flush()
+      process = subprocess.Popen(["bash", "-c", "set -o pipefail; " + job.cmd], stdout=log, stderr=subprocess.STDOUT,
+                                 env=env, start_new_session=True)
+    self.running[job.name] = (process, gpus, job.exclusive, time.time())
+    self.say(f"start {job.name} on {'GPUs ' + ','.join(map(str, gpus)) if gpus else 'the CPU'}")
+
+  def reap(self) -> None:
+    for name, (process, _, _, started) in list(self.running.items()):
+      code = process.poll()
+      if code is None:
+        continue
+      del self.running[name]
+      took = time.time() - started
+      if code == 0:
+        with open(os.path.join(self.work, "done", name), "w") as f:
+          f.write(f"{took:.0f} s\n")
+        self.say(f"done {name} in {took:.0f} s")
+      else:
+        self.failed.add(name)
+        self.say(f"FAILED {name} (exit {code}) after {took:.0f} s: see {self.work}/logs/{name}.log")
+
+  def schedule(self) -> None:
+    reserved: set[int] = set()   # GPUs a ready exclusive job waits for: no shared job starts there meanwhile
+    for job in self.jobs:
+      if job.name in self.running or job.name in self.failed or self.done(job.name):
+        continue
+      if not all(self.done(d) for d in job.deps):
+        continue
+      if job.gpus == ():
+        self.start(job, ())
+      elif job.gpus is not None:
+        if job.exclusive:
+          if all(self.load(g) == 0 for g in job.gpus):
+            self.start(job, job.gpus)
+          reserved.update(job.gpus)
+        elif all(not self.held_alone(g) and g not in reserved and self.load(g) < self.per_gpu for g in job.gpus):
+          self.start(job, job.gpus)
+      else:
+        room = [g for g in self.gpus if g not in reserved and not self.held_alone(g) and self.load(g) < self.per_gpu]
+        if room:
+          self.start(job, (min(room, key=self.load),))
+
+  def pending(self) -> list[str]:
+    return [j.name for j in self.jobs if not self.done(j.name)]
+
+  def stop_all(self, grace_s: float) -> None:
+    for name, (process, *_) in self.running.items():
+      self.say(f"budget over: SIGTERM {name}")
+      os.killpg(process.pid, signal.SIGTERM)
+    end = time.time() + grace_s
+    while any(p.poll() is None for p, *_ in self.running.values()) and time.time() < end:
+      time.sleep(0.2)
+    for name, (process, *_) in self.running.items():
+      if process.poll() is None:
+        self.say(f"SIGKILL {name}")
+        os.killpg(process.pid, signal.SIGKILL)
+    self.running.clear()
+
+  def run(self, budget_s: float, grace_s: float, poll_s: float = 1.0) -> int:
+    deadline = time.time() + budget_s
+    while time.time() < deadline:
+      self.reap()
+      self.schedule()
+      if not self.running:
+        break   # all done, or nothing can start (failed dependencies)
+      time.sleep(poll_s)
+    self.reap()
+    over = bool(self.running)
+    self.stop_all(grace_s)
+    pending = self.pending()
+    self.say(f"done {len(self.jobs) - len(pending)} of {len(self.jobs)}; failed: {', '.join(sorted(self.failed)) or '-'}; "
+             f"not done: {', '.join(pending) or '-'}")
+    if self.failed:
+      return 1
+    return 3 if over or pending else 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--plan", required=True, help="Python file with jobs(work, settings) -> [Job, ...]")
+  parser.add_argument("--work", required=True, help="folder of the markers (done/) and logs (logs/), and the plan's outputs")
+  parser.add_argument("--budget_s", type=float, required=True, help="seconds until the running jobs are stopped")
+  parser.add_argument("--grace_s", type=float, default=40.0, help="seconds between SIGTERM and SIGKILL at the end")
+  parser.add_argument("--gpus", default=None, help="GPU indices to use (default: all that nvidia-smi lists)")
+  parser.add_argument("--per_gpu", type=int, default=3, help="shared jobs at most on one GPU at once")
+  parser.add_argument("--only", default=None, help="comma-separated job names: run only these")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting the plan reads")
+  parser.add_argument("--dry_run", action="store_true", help="list the plan's jobs and their state, run nothing")
+  args = parser.parse_args(argv)
+  if args.budget_s <= 0 or args.per_gpu < 1:
+    parser.error(f"--budget_s must be > 0 and --per_gpu >= 1, got {args.budget_s} and {args.per_gpu}")
+  settings = {}
+  for item in args.set:
+    if "=" not in item:
+      parser.error(f"--set {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    settings[key] = value
+  try:
+    jobs = load_plan(args.plan, args.work, settings)
+  except (OSError, ValueError, KeyError) as e:
+    print(f"gpu_jobs: error: {e}", file=sys.stderr)
+    return 2
+  if args.only:
+    wanted = args.only.split(",")
+    unknown = sorted(set(wanted) - {j.name for j in jobs})
+    if unknown:
+      print(f"gpu_jobs: error: --only: the plan has no job {unknown}", file=sys.stderr)
+      return 2
+    jobs = [j for j in jobs if j.name in wanted]
+  if args.gpus is None:
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    gpus = list(range(sum(line.startswith("GPU ") for line in listed.splitlines())))
+  else:
+    gpus = [int(g) for g in args.gpus.split(",") if g != ""]
+  runner = Runner(jobs, args.work, gpus, args.per_gpu)
+  if args.dry_run:
+    for j in jobs:
+      where = "CPU" if j.gpus == () else ("any GPU" if j.gpus is None else f"GPUs {list(j.gpus)}")
+      state = "done" if runner.done(j.name) else "to do"
+      print(f"{j.name:40s} {state:6s} {where}{' (alone)' if j.exclusive else ''}  after: {', '.join(j.deps) or '-'}")
+    return 0
+  return runner.run(args.budget_s, args.grace_s)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

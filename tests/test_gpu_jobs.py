@@ -1,0 +1,100 @@
+"""scripts/gpu_jobs.py: a plan of resumable jobs over one host's GPUs, until a time budget ends."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(tmp_path, plan: str, *flags, timeout=120):
+  path = tmp_path / "plan.py"
+  path.write_text("import os, sys\nsys.path.insert(0, %r)\nfrom gpu_jobs import Job\n" % os.path.join(ROOT, "scripts")
+                  + textwrap.dedent(plan))
+  return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_jobs.py"), f"--plan={path}",
+                         f"--work={tmp_path / 'w'}", *flags], capture_output=True, text=True, timeout=timeout,
+                        cwd=tmp_path)
+
+
+PLAN = """
+def jobs(work, settings):
+  out = os.path.join(work, "out")
+  return [Job("a", f"echo a $CUDA_VISIBLE_DEVICES >> {out}"),
+          Job("b", f"echo b >> {out}", ("a",)),
+          Job("bad", "exit 7", gpus=()),
+          Job("after_bad", f"echo never >> {out}", ("bad",)),
+          Job("cpu", f"echo cpu $CUDA_VISIBLE_DEVICES. >> {out}", ("b",), gpus=())]
+"""
+
+
+def test_runs_by_dependency_and_resumes_from_the_markers(tmp_path):
+  done = run(tmp_path, PLAN, "--budget_s=60", "--gpus=0,1")
+  assert done.returncode == 1, done.stdout + done.stderr
+  lines = (tmp_path / "w" / "out").read_text().split("\n")
+  assert lines[:3] == ["a 0", "b", "cpu ."]          # b after a; the CPU job sees no GPU
+  assert sorted(os.listdir(tmp_path / "w" / "done")) == ["a", "b", "cpu"]
+  assert "FAILED bad (exit 7)" in done.stdout and "not done: bad, after_bad" in done.stdout
+  again = run(tmp_path, PLAN, "--budget_s=60", "--gpus=0,1")   # done jobs are not run again; bad is retried
+  assert (tmp_path / "w" / "out").read_text().count("\n") == 3 and again.returncode == 1
+  assert (tmp_path / "w" / "logs" / "bad.log").read_text().count("=====") == 2
+
+
+def test_the_budget_stops_running_jobs_with_sigterm_and_no_marker(tmp_path):
+  plan = """
+  def jobs(work, settings):
+    saved = os.path.join(work, "saved")
+    return [Job("long", f"trap 'echo saved > {saved}; exit 0' TERM; sleep 60 & wait"),
+            Job("later", "true", ("long",))]
+  """
+  done = run(tmp_path, plan, "--budget_s=2", "--grace_s=10", "--gpus=0")
+  assert done.returncode == 3, done.stdout + done.stderr
+  assert (tmp_path / "w" / "saved").read_text() == "saved\n"   # it had its chance to save
+  assert not os.path.exists(tmp_path / "w" / "done" / "long")  # stopped is not done, even with exit 0
+  assert "budget over: SIGTERM long" in done.stdout and "not done: long, later" in done.stdout
+
+
+def test_an_exclusive_job_holds_its_gpus_alone(tmp_path):
+  plan = """
+  def jobs(work, settings):
+    log = lambda n: f"echo {n} start $CUDA_VISIBLE_DEVICES >> {work}/out; sleep 1; echo {n} end >> {work}/out"
+    return [Job("teacher", log("teacher"), gpus=(0, 1), exclusive=True),
+            Job("s1", log("s1")), Job("s2", log("s2")), Job("s3", log("s3"))]
+  """
+  done = run(tmp_path, plan, "--budget_s=60", "--gpus=0,1,2", "--per_gpu=2")
+  assert done.returncode == 0, done.stdout + done.stderr
+  lines = (tmp_path / "w" / "out").read_text().split("\n")
+  assert lines[0] == "teacher start 0,1"
+  during = lines[1:lines.index("teacher end")]
+  # Beside the teacher only GPU 2 takes shared jobs, two at most; the third waits for room.
+  assert sorted(l for l in during if "start" in l) == ["s1 start 2", "s2 start 2"]
+  s3 = next(i for i, l in enumerate(lines) if l.startswith("s3 start"))
+  assert s3 > min(lines.index("s1 end"), lines.index("s2 end"), lines.index("teacher end"))
+
+
+def test_refuses_a_plan_it_cannot_run(tmp_path):
+  done = run(tmp_path, 'def jobs(work, settings):\n  return [Job("a", "true", ("nope",))]\n', "--budget_s=5", "--gpus=0")
+  assert done.returncode == 2 and "jobs depend on jobs the plan does not have: ['nope']" in done.stderr
+  done = run(tmp_path, 'def jobs(work, settings):\n  return [Job("a", "true"), Job("a", "false")]\n', "--budget_s=5")
+  assert done.returncode == 2 and "job names must be unique; repeated: ['a']" in done.stderr
+  done = run(tmp_path, PLAN, "--budget_s=5", "--gpus=0", "--only=a,zzz")
+  assert done.returncode == 2 and "--only: the plan has no job ['zzz']" in done.stderr
+  assert not os.path.exists(tmp_path / "w" / "out")
+
+
+def test_world_plan_lists_its_jobs(tmp_path):
+  """The world's plan loads and wires its jobs: with --set teacher= no teacher is trained; every ablation row of
+  each seed and the memory pair are there, after the runs they start from."""
+  listing = subprocess.run([sys.executable, "scripts/gpu_jobs.py", "--plan=scripts/world_plan.py",
+                            f"--work={tmp_path}", "--budget_s=1", "--gpus=0", "--dry_run", "--set", "teacher=/t/00010000",
+                            "--set", "seeds=0,1"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+  assert listing.returncode == 0, listing.stderr
+  rows = {line.split()[0]: line for line in listing.stdout.splitlines()}
+  assert "teacher" not in rows and "ode_init" in rows and "after: prepare" in rows["ode_init"]
+  for seed in (0, 1):
+    for name in ("window", "hybrid", "relative_rope", "regulariser"):
+      assert "after: ode_init" in rows[f"rA_seed{seed}_{name}"]
+    assert "after: phase1" in rows[f"rA_seed{seed}_decoupled"]
+    assert "after: ode_init_memory" in rows[f"rB_seed{seed}_hybrid"]
+  # 2 prepare, 4 chain (ODE init, phase 1, both phase 2), 1 memory ODE init, 2 x 2 memory pair, 2 + 2 evaluations
+  # (ODE init, phase 1; teacher per seed), 2 x 5 ablation rows
+  assert "(alone)" not in listing.stdout and len(rows) == 2 + 4 + 1 + 4 + 2 + 2 + 10
