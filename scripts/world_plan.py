@@ -7,8 +7,8 @@ of what the results need most.
   python scripts/gpu_jobs.py --plan=scripts/world_plan.py --work=/root/w --budget_s=530 \\
       [--set teacher=FOLDER] [--set seeds=0,1]
 
-Settings: `teacher`, an exported world teacher to start from (default: train tf4's recipe on GPUs 0-2 first,
-into WORK/tf4); `seeds` of the ablation (default 0,1); `memory_fraction` of the long-memory prompts (0.3).
+Settings: `teacher`, an exported world teacher to start from (default: the kept tf4, hybrid_forcing_jax/world/teacher;
+`train`: train tf4's recipe on GPUs 0-2 first, into WORK/tf4); `seeds` of the ablation (default 0,1); `memory_fraction` of the long-memory prompts (0.3).
 Outputs under WORK: dA/ and rA/ (the chain's data and runs), dB/ and rB/ (the long-memory prompts'), and one
 evaluation JSON beside each student (`python -m hybrid_forcing_jax.world.report --results=...` tabulates them).
 """
@@ -21,6 +21,8 @@ from gpu_jobs import Job  # noqa: E402  (scripts/ is no package)
 LAYOUT = "frame4"
 STEPS = {"ode_init": 400, "self_forcing": 700, "hybrid": 400}   # the chain's, and each ablation row's 400
 DENSE = "--config.stream.sparse_ratio=1.0"
+KEPT_TEACHER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hybrid_forcing_jax", "world",
+                            "teacher")
 ROWS = ("window", "hybrid", "relative_rope", "regulariser", "decoupled")
 
 
@@ -57,9 +59,9 @@ def jobs(work: str, settings: dict) -> list:
   # The long-memory prompts with the same text encoder and codec (the teacher reads that text encoder).
   plan.append(Job("prepare_memory", f"mkdir -p {dB} && cp -rn {dA}/text {dA}/codec {dB}/ && {prepare} --output={dB} "
                   f"--long_memory_fraction={memory}", ("prepare",), gpus=()))
-  teacher = settings.get("teacher")
+  teacher = settings.get("teacher", KEPT_TEACHER)
   first = ("prepare",)
-  if not teacher:   # tf4's recipe (docs/training.md, "tf4 again, data-parallel")
+  if teacher == "train":   # tf4's recipe (docs/training.md, "tf4 again, data-parallel")
     teacher = export(f"{work}/tf4", 10000)
     plan.append(Job("teacher", f"python -m hybrid_forcing_jax.train --config=configs/world/teacher.py:{LAYOUT} "
                     f"--workdir={work}/tf4 {text(dA)} --config.data.codec={dA}/codec --config.data.batch_size=96 "

@@ -98,3 +98,26 @@ def test_world_plan_lists_its_jobs(tmp_path):
   # 2 prepare, 4 chain (ODE init, phase 1, both phase 2), 1 memory ODE init, 2 x 2 memory pair, 2 + 2 evaluations
   # (ODE init, phase 1; teacher per seed), 2 x 5 ablation rows
   assert "(alone)" not in listing.stdout and len(rows) == 2 + 4 + 1 + 4 + 2 + 2 + 10
+
+
+def test_world_plan_starts_from_the_kept_teacher_unless_told_to_train(tmp_path):
+  def listing(*sets):
+    done = subprocess.run([sys.executable, "scripts/gpu_jobs.py", "--plan=scripts/world_plan.py", f"--work={tmp_path}",
+                           "--budget_s=1", "--gpus=0", "--dry_run", *sets], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return {line.split()[0]: line for line in done.stdout.splitlines()}
+  kept = listing()
+  assert "teacher" not in kept and kept["ode_init"].rstrip().endswith("after: prepare")
+  trained = listing("--set", "teacher=train")
+  assert "GPUs [0, 1, 2] (alone)" in trained["teacher"] and trained["ode_init"].rstrip().endswith("after: teacher")
+
+
+def test_the_kept_teacher_is_the_frame4_world_teacher():
+  """hybrid_forcing_jax/world/teacher loads as the DiT that configs/world (frame4) trains and distils from."""
+  from configs.world import ode_init
+  from hybrid_forcing_jax.checkpoint import load_checkpoint
+  from hybrid_forcing_jax.training.builders import wan_config
+  config, params = load_checkpoint(os.path.join(ROOT, "hybrid_forcing_jax", "world", "teacher"), "wan_dit")
+  assert config == wan_config(ode_init.get_config("frame4").teacher)
+  assert config.prediction == "x0" and tuple(config.patch_size) == (1, 4, 4) and not config.linear_proj
