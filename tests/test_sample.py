@@ -315,20 +315,28 @@ def test_first_frames_leave_before_the_cache_write_and_the_later_pieces(tiny_wan
   assert calls[:4] == ["piece", "piece", "piece", "write"]
 
 
-def test_precompiled_programs_are_the_ones_the_stream_runs(tiny_wan_model):
+def test_precompiled_programs_are_the_ones_the_stream_runs(tiny_wan_model, monkeypatch):
   """from_checkpoints(precompile_size=...) compiles `start` and `denoise` from shapes on a background thread; the
-  stream then compiles neither again (jax's compile log names each compilation) and makes the same frames."""
+  stream then runs those programs: it neither compiles nor traces and lowers them again (jax's compile log names
+  each compilation and lowering) and makes the same frames."""
   import logging
   from hybrid_forcing_jax.pipeline import from_checkpoints
-  compiled = []
+  from hybrid_forcing_jax.streaming import sampler
+  compiled, lowered = [], []
 
   class Log(logging.Handler):
     def emit(self, record):
-      if record.getMessage().startswith("Finished XLA compilation of jit("):
-        compiled.append(record.getMessage().split("(")[1].split(")")[0])
+      message = record.getMessage()
+      if message.startswith("Finished XLA compilation of jit("):
+        compiled.append(message.split("(")[1].split(")")[0])
+      if message.startswith("Finished jaxpr to MLIR module conversion jit("):
+        lowered.append(message.split("(")[1].split(")")[0])
 
   # A stream of its own (sparse_ratio 0.5): programs no other test has compiled in this process.
   stream = dataclasses.replace(hybrid_stream(), sparse_ratio=0.5)
+  traces = []   # denoise_chunk runs in Python once per trace of `denoise`
+  denoise_chunk = sampler.denoise_chunk
+  monkeypatch.setattr(sampler, "denoise_chunk", lambda *a, **k: traces.append(1) or denoise_chunk(*a, **k))
   handler, logger = Log(), logging.getLogger("jax")
   logger.addHandler(handler)
   jax.config.update("jax_log_compiles", True)   # globally: jax.log_compiles() would not reach the background thread
@@ -340,6 +348,10 @@ def test_precompiled_programs_are_the_ones_the_stream_runs(tiny_wan_model):
     jax.config.update("jax_log_compiles", False)
     logger.removeHandler(handler)
   assert compiled.count("_start") == 1 and compiled.count("denoise") == 1, compiled   # compiled once, not again
+  assert lowered.count("_start") == 1 and lowered.count("denoise") == 1, lowered     # nor lowered
+  # nor traced (jitted_phases is one jit object per model and stream, whose lowering the precompile filled): the
+  # first frame waits for no second trace of the 30-layer DiT
+  assert len(traces) == 1
   assert pipe.precompiled == {}   # each waited for once
   again = list(from_checkpoints(stream, **tiny_wan_model).frames([(0, "a blue square bouncing")], height=64,
                                                                   width=64, seed=0, num_chunks=2))
