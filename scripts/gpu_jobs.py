@@ -13,6 +13,10 @@ Exit 0 writes WORK/done/NAME (what makes a job done, here and in every later run
 in this run and its dependants wait. At the budget's end every running job gets SIGTERM (the trainer saves and
 stops), then SIGKILL after --grace_s: run the same command again to go on where it stopped.
 
+--pack=FILE.tar.gz then gathers what the jobs made that is small (every file of --pack_suffixes up to --pack_max_mb,
+the done markers, the last 64 KB of each log) into one archive: on a machine lent for a while, the one file to bring
+back at the end of each call, whatever the runs' checkpoints weigh.
+
 Exit status: 0 when every job of the plan is done, 1 when one failed, 3 when the budget ended first.
 """
 from __future__ import annotations
@@ -22,8 +26,10 @@ import dataclasses
 import importlib.util
 import os
 import signal
+import io
 import subprocess
 import sys
+import tarfile
 import time
 
 
@@ -153,6 +159,33 @@ class Runner:
     return 3 if over or pending else 0
 
 
+def pack(work: str, path: str, suffixes: tuple[str, ...], max_bytes: int) -> int:
+  """WORK's small results into a gzipped tar at `path` (names relative to WORK) -> the number of files packed."""
+  count = 0
+  with tarfile.open(path + ".tmp", "w:gz") as tar:
+    for folder, dirs, files in os.walk(work):
+      dirs.sort()
+      rel = os.path.relpath(folder, work)
+      for name in sorted(files):
+        full, arcname = os.path.join(folder, name), os.path.normpath(os.path.join(rel, name))
+        if os.path.abspath(full) == os.path.abspath(path + ".tmp"):
+          continue
+        if rel == "logs" and name.endswith(".log"):   # the end of the log: what a failure or a stop says
+          with open(full, "rb") as f:
+            f.seek(max(0, os.path.getsize(full) - 65536))
+            tail = f.read()
+          info = tarfile.TarInfo(arcname)
+          info.size, info.mtime = len(tail), int(os.path.getmtime(full))
+          tar.addfile(info, io.BytesIO(tail))
+        elif rel == "done" or (name.endswith(suffixes) and os.path.getsize(full) <= max_bytes):
+          tar.add(full, arcname)
+        else:
+          continue
+        count += 1
+  os.replace(path + ".tmp", path)
+  return count
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--plan", required=True, help="Python file with jobs(work, settings) -> [Job, ...]")
@@ -164,6 +197,9 @@ def main(argv=None) -> int:
   parser.add_argument("--only", default=None, help="comma-separated job names: run only these")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting the plan reads")
   parser.add_argument("--dry_run", action="store_true", help="list the plan's jobs and their state, run nothing")
+  parser.add_argument("--pack", default=None, help="after the run, the small results into this .tar.gz")
+  parser.add_argument("--pack_suffixes", default=".json,.jsonl,.md,.txt", help="file endings --pack takes")
+  parser.add_argument("--pack_max_mb", type=float, default=2.0, help="larger files are left out of --pack")
   args = parser.parse_args(argv)
   if args.budget_s <= 0 or args.per_gpu < 1:
     parser.error(f"--budget_s must be > 0 and --per_gpu >= 1, got {args.budget_s} and {args.per_gpu}")
@@ -197,7 +233,11 @@ def main(argv=None) -> int:
       state = "done" if runner.done(j.name) else "to do"
       print(f"{j.name:40s} {state:6s} {where}{' (alone)' if j.exclusive else ''}  after: {', '.join(j.deps) or '-'}")
     return 0
-  return runner.run(args.budget_s, args.grace_s)
+  status = runner.run(args.budget_s, args.grace_s)
+  if args.pack:
+    packed = pack(args.work, args.pack, tuple(args.pack_suffixes.split(",")), int(args.pack_max_mb * 2**20))
+    runner.say(f"packed {packed} files into {args.pack} ({os.path.getsize(args.pack) / 2**20:.1f} MiB)")
+  return status
 
 
 if __name__ == "__main__":

@@ -121,3 +121,27 @@ def test_the_kept_teacher_is_the_frame4_world_teacher():
   config, params = load_checkpoint(os.path.join(ROOT, "hybrid_forcing_jax", "world", "teacher"), "wan_dit")
   assert config == wan_config(ode_init.get_config("frame4").teacher)
   assert config.prediction == "x0" and tuple(config.patch_size) == (1, 4, 4) and not config.linear_proj
+
+
+def test_pack_gathers_the_small_results(tmp_path):
+  """--pack: the JSONs, the done markers and each log's end; not what is big (checkpoints, exports)."""
+  import tarfile
+  (tmp_path / "make.sh").write_text(
+      'mkdir -p "$1/run/export"\n'
+      'head -c 3000000 /dev/zero > "$1/run/export/model.json"\n'   # over --pack_max_mb: left out
+      'echo \'{"loss": 1}\' > "$1/run/metrics.jsonl"\n'
+      'echo "{}" > "$1/run.json"\n'
+      'head -c 100000 /dev/zero | tr "\\0" x\n'                   # a long log: its end is kept
+      'echo END\n')
+  plan = f"""
+  def jobs(work, settings):
+    return [Job("train", f"bash {tmp_path / 'make.sh'} {{work}}")]
+  """
+  done = run(tmp_path, plan, "--budget_s=30", "--gpus=0", f"--pack={tmp_path / 'out.tar.gz'}")
+  assert done.returncode == 0, done.stdout + done.stderr
+  with tarfile.open(tmp_path / "out.tar.gz") as tar:
+    names = sorted(tar.getnames())
+    log = tar.extractfile("logs/train.log").read()
+  assert names == ["done/train", "logs/train.log", "run.json", "run/metrics.jsonl"], names
+  assert len(log) == 65536 and log.endswith(b"xxxEND\n")
+  assert "packed 4 files into" in done.stdout
