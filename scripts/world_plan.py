@@ -1,7 +1,7 @@
 """The world's experiments as one plan for scripts/gpu_jobs.py (docs/world.md, "Running the world's experiments on one
 host"): the chain in the `frame4` layout (phase 2 block-sparse, as configs/world/hybrid.py, and with the window
 dense), the ablation with the window dense, the long-memory pair on prompts with long-memory captions, and the
-evaluations; every command is the project's own (scripts/world_pipeline.sh, train, evaluate_world), in the order
+evaluations (with the shipped model's, to compare on one device); every command is the project's own (scripts/world_pipeline.sh, train, evaluate_world), in the order
 of what the results need most.
 
   python scripts/gpu_jobs.py --plan=scripts/world_plan.py --work=/root/w --budget_s=530 \\
@@ -99,6 +99,10 @@ def jobs(work: str, settings: dict) -> list:
                                                 f"{rA}/ode_init.json", "--tasks=prompt_following"), ("ode_init",)))
   plan.append(Job("evaluate_phase1", evaluate(dA, f"configs/world/self_forcing.py:{LAYOUT}", phase1, "phase1", 0,
                                               f"{rA}/self_forcing.json"), ("phase1",)))
+  model = os.path.join(os.path.dirname(KEPT_TEACHER), "model")   # the shipped v1, on the same device as the above
+  plan.append(Job("evaluate_shipped", f"python -m hybrid_forcing_jax.evaluate_world --config=configs/world/hybrid.py:frame "
+                  f"--dit={model}/dit --text={model}/text --codec={model}/codec --name=v1 --seed=0 --num_videos=48 "
+                  f"--tasks=prompt_following --output_json={work}/v1.json"))
   for seed in seeds:
     plan.append(Job(f"evaluate_teacher_seed{seed}",
                     evaluate(dA, f"configs/world/ode_init.py:{LAYOUT}", teacher, "teacher", seed,

@@ -95,9 +95,9 @@ def test_world_plan_lists_its_jobs(tmp_path):
       assert "after: ode_init" in rows[f"rA_seed{seed}_{name}"]
     assert "after: phase1" in rows[f"rA_seed{seed}_decoupled"]
     assert "after: ode_init_memory" in rows[f"rB_seed{seed}_hybrid"]
-  # 2 prepare, 4 chain (ODE init, phase 1, both phase 2), 1 memory ODE init, 2 x 2 memory pair, 2 + 2 evaluations
-  # (ODE init, phase 1; teacher per seed), 2 x 5 ablation rows
-  assert "(alone)" not in listing.stdout and len(rows) == 2 + 4 + 1 + 4 + 2 + 2 + 10
+  # 2 prepare, 4 chain (ODE init, phase 1, both phase 2), 1 memory ODE init, 2 x 2 memory pair, 3 + 2 evaluations
+  # (ODE init, phase 1, the shipped model; teacher per seed), 2 x 5 ablation rows
+  assert "(alone)" not in listing.stdout and len(rows) == 2 + 4 + 1 + 4 + 3 + 2 + 10
 
 
 def test_world_plan_starts_from_the_kept_teacher_unless_told_to_train(tmp_path):
