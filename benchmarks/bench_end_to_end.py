@@ -5,7 +5,7 @@ Wan2.1 VAE, 832x480, random bf16 weights made on the device, batch 1.
 
   PYTHONUNBUFFERED=1 python -m benchmarks.bench_end_to_end [--setting=both|hybrid|self_forcing]
       [--text_encoder_weights=host|device|both] [--chunks=20] [--sparse_backend=auto] [--mp4=/tmp/bench.mp4] [--tiny]
-      [--vae_frames_per_call=1]
+      [--vae_frames_per_call=1] [--vae_tail_by_frame=auto|on|off]
 
 `--text_encoder_weights`: where umT5's weights stay between prompts: host (sample's default where they would
 take over a quarter of the GPU's memory; copied to the device a layer at a time for each new prompt,
@@ -128,7 +128,8 @@ def write_random_weights(folder: str, wan: WanConfig, t5: UMT5Config, vae: VaeCo
 
 
 def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int | None = None,
-                       precompile: bool = False, weights_dir: str | None = None) -> StreamingPipeline:
+                       precompile: bool = False, weights_dir: str | None = None,
+                       vae_tail_by_frame: bool | None = None) -> StreamingPipeline:
   """Wan2.1-1.3B + Wan VAE + umT5-XXL with random bf16 weights, made on the device or (weights_dir) read from
   the converted folders there as `sample` reads them (written first by write_random_weights where missing).
   Prompts become fixed pseudo-random token ids (no tokenizer files here); the encoder runs all 512 positions
@@ -143,7 +144,8 @@ def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int
     write_random_weights(weights_dir, wan, UMT5_XXL, WAN21_VAE)
     paths = model_folders(weights_dir)
     _, dit_params = load_checkpoint(paths["dit"], "wan_dit", expected_config=wan)
-    vae, vae_params = load_latent_codec(paths["vae"], decode_frames_per_call=vae_frames_per_call)
+    vae, vae_params = load_latent_codec(paths["vae"], decode_frames_per_call=vae_frames_per_call,
+                                        tail_by_frame=vae_tail_by_frame)
     precompiled = precompile_first_chunk(model, dit_params, cfg, text_shape, latent_hw) if precompile else {}
     encoder = TextEncoder.from_checkpoint(paths["text_encoder"], dtype=bf16, weights_on_host=text_weights_on_host)
   else:
@@ -154,7 +156,8 @@ def full_size_pipeline(cfg, text_weights_on_host: bool, vae_frames_per_call: int
     encoder = TextEncoder(UMT5_XXL, t5_params, dtype=bf16, weights_on_host=text_weights_on_host)
     del t5_params   # the host-resident encoder made its own (pinned) copy: the NumPy one can go
     dit_params = jax.jit(functools.partial(init_dit_params, wan, param_dtype=bf16))(jax.random.key(0))
-    vae, vae_params = WanVAE(WAN21_VAE, decode_frames_per_call=vae_frames_per_call), init_vae_params(WAN21_VAE, 0)
+    vae = WanVAE(WAN21_VAE, decode_frames_per_call=vae_frames_per_call, tail_by_frame=vae_tail_by_frame)
+    vae_params = init_vae_params(WAN21_VAE, 0)
     precompiled = precompile_first_chunk(model, dit_params, cfg, text_shape, latent_hw) if precompile else {}
 
   def embed(prompts):
@@ -279,7 +282,8 @@ def make_pipeline(name: str, text_encoder_weights: str, args):
     hw = (WorldConfig().height, WorldConfig().width)
     return from_checkpoints(cfg, text_weights_on_host=on_host, precompile_size=hw if precompile else None,
                             **model_folders(SHIPPED_MODEL)), hw
-  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, precompile, args.weights_dir), FULL_SIZE
+  tail = {"auto": None, "on": True, "off": False}[args.vae_tail_by_frame]
+  return full_size_pipeline(cfg, on_host, args.vae_frames_per_call, precompile, args.weights_dir, tail), FULL_SIZE
 
 
 def run_setting(name: str, text_encoder_weights: str, args):
@@ -303,6 +307,7 @@ def run_setting(name: str, text_encoder_weights: str, args):
   first_parts = first_frame_parts_ms(pipe, hw)
   print(json.dumps(dict(
       setting=name, text_encoder_weights=text_encoder_weights, vae_frames_per_call=args.vae_frames_per_call,
+      vae_tail_by_frame=pipe.vae.options.tail_by_frame if isinstance(pipe.vae, WanVAE) else None,
       device=str(jax.devices()[0].device_kind),
       tiny=args.tiny, size=f"{hw[1]}x{hw[0]}",
       sparse_backend=cfg.sparse_backend if cfg.sparse_ratio else None, compile_s=round(compile_s, 1),
@@ -369,6 +374,7 @@ def child_command(name: str, text_encoder_weights: str, args, *extra: str) -> li
     cmd.append("--tiny")
   if args.vae_frames_per_call:
     cmd.append(f"--vae_frames_per_call={args.vae_frames_per_call}")
+  cmd.append(f"--vae_tail_by_frame={args.vae_tail_by_frame}")
   if args.precompile is not None:
     cmd.append("--precompile" if args.precompile else "--no-precompile")
   if args.weights_dir:
@@ -409,6 +415,9 @@ def main():
   parser.add_argument("--sparse_backend", default="auto")
   parser.add_argument("--vae_frames_per_call", type=int, default=None,
                       help="latent frames per VAE decode call, full size only (WanVAE decode_frames_per_call; default: the chunk)")
+  parser.add_argument("--vae_tail_by_frame", default="auto", choices=("auto", "on", "off"),
+                      help="the VAE's full-resolution layers one video frame at a time (WanVAE tail_by_frame; auto: "
+                           "with --vae_frames_per_call)")
   parser.add_argument("--tiny", action="store_true", help="the shipped world model, to try the script on a CPU")
   parser.add_argument("--precompile", action=argparse.BooleanOptionalAction, default=None,
                       help="as sample --precompile: the first chunk's programs compile while the rest is made "

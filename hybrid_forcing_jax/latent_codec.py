@@ -17,18 +17,19 @@ from hybrid_forcing_jax.world.codec import PixelCodec, PixelCodecConfig
 CODECS = {"wan_vae": WanVAE, "pixel_codec": PixelCodec}
 
 
-def load_latent_codec(folder: str, *, decode_frames_per_call: int | None = None):
+def load_latent_codec(folder: str, *, decode_frames_per_call: int | None = None, tail_by_frame: bool | None = None):
   """A codec folder -> (codec, params). Any other checkpoint kind is refused, naming it.
 
-  decode_frames_per_call: the Wan VAE's (WanVAE): latent frames decoded per call, to bound its
-  temporaries (None: a chunk in one call). The pixel codec only rearranges pixels: it has no temporaries to
-  bound, and decodes the same frames either way."""
+  decode_frames_per_call, tail_by_frame: the Wan VAE's (WanVAE): latent frames decoded per call, to bound its
+  temporaries (None: a chunk in one call), and its full-resolution layers one video frame at a time (None: with
+  decode_frames_per_call). The pixel codec only rearranges pixels: it has no temporaries to bound, and decodes
+  the same frames either way."""
   kind = read_meta(folder)["model"]
   if kind not in CODECS:
     raise ValueError(f"{folder}: holds a {kind!r} checkpoint, not a latent codec (one of {sorted(CODECS)})")
   config, params = load_checkpoint(folder, kind)
   if kind == "wan_vae":
-    return WanVAE(config, decode_frames_per_call=decode_frames_per_call), params
+    return WanVAE(config, decode_frames_per_call=decode_frames_per_call, tail_by_frame=tail_by_frame), params
   return CODECS[kind](config), params
 
 

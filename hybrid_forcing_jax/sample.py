@@ -71,7 +71,8 @@ flags.DEFINE_enum("text_encoder_weights", "auto", ["auto", "host", "device"],
                   "or TPU's memory (umT5-XXL on a 24 or 40 GB card), else device")
 flags.DEFINE_integer("vae_frames_per_call", None, "Latent frames the Wan VAE decodes per call (default: a whole "
                      "chunk); 1 lowers peak GPU memory at 832x480 from 13.9 to 9.4 GiB for 6 ms more a chunk (H200, "
-                     "docs/benchmarks.md), and frames are written as each latent frame is decoded")
+                     "docs/benchmarks.md), and frames are written as each latent frame is decoded. Set, the VAE's "
+                     "full-resolution layers also run one video frame at a time (WanVAE tail_by_frame)")
 flags.DEFINE_string("attention_backend", "auto", "Attention backend (auto, xla, cudnn, pallas_triton, pallas_mosaic)")
 flags.DEFINE_string("compilation_cache_dir", os.path.join("~", ".cache", "hybrid_forcing_jax", "xla"),
                     "Persistent XLA compilation cache: later runs with the same model and sizes skip most "

@@ -218,15 +218,41 @@ def decode_chunk(params, z, cache, config: VaeConfig, opt: VaeOptions):
   d = params["decoder"]
   x, new["decoder.conv1"] = L.causal_conv3d(d["conv1"], x, L._get(cache, "decoder.conv1"), opt)
   x = _middle(d["middle"], x, cache, "decoder.middle", new, opt)
-  for i, kind, *_ in decoder_layout(config):
-    p, name = d["upsamples"][str(i)], f"decoder.upsamples.{i}"
-    if kind == "res":
-      x = L.residual_block(p, x, cache, name, new, opt)
-    elif kind == "up3d":
-      x = L.upsample3d(p, x, cache, name, new, opt)
+  layout = decoder_layout(config)
+  last_up3d = max(n for n, (_, kind, *_) in enumerate(layout) if kind == "up3d")
+
+  def layers(x, cache, new, entries):
+    for i, kind, *_ in entries:
+      p, name = d["upsamples"][str(i)], f"decoder.upsamples.{i}"
+      if kind == "res":
+        x = L.residual_block(p, x, cache, name, new, opt)
+      elif kind == "up3d":
+        x = L.upsample3d(p, x, cache, name, new, opt)
+      else:
+        x = L.upsample2d(p["resample"]["1"], x, opt)
+    return x
+
+  def tail(x, cache):   # -> (frames, the tail's new cache)
+    tail_new = {}
+    x = layers(x, cache, tail_new, layout[last_up3d + 1:])
+    return _head(d["head"], x, cache, "decoder.head", tail_new, opt), tail_new
+
+  x = layers(x, cache, new, layout[:last_up3d + 1])
+  if not opt.tail_by_frame:
+    x, tail_new = tail(x, cache)
+  else:
+    if cache is None:   # a causal conv's absent cache is zeros: start from them, shaped as one frame leaves it
+      shapes = jax.eval_shape(lambda f: tail(f, None)[1], x[:, :1])
+      tail_cache = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
     else:
-      x = L.upsample2d(p["resample"]["1"], x, opt)
-  x = _head(d["head"], x, cache, "decoder.head", new, opt)
+      tail_cache = {k: cache[k] for k in jax.eval_shape(lambda f: tail(f, None)[1], x[:, :1])}
+
+    def step(c, frame):
+      y, c = tail(frame[:, None], c)
+      return c, y[:, 0]
+    tail_new, frames = jax.lax.scan(step, tail_cache, jnp.moveaxis(x, 1, 0))
+    x = jnp.moveaxis(frames, 0, 1)
+  new.update(tail_new)
   return jnp.clip(x, -1.0, 1.0), new
 
 
@@ -271,13 +297,20 @@ class WanVAE:
   # decode_frames_per_call: decode_chunk decodes at most that many latent frames per call (None: the whole
   # chunk in one). The causal cache makes pieces exact; fewer frames per call divide the decode's
   # activations (issue 14's peak-memory goal), one dispatch per piece.
+  # tail_by_frame: VaeOptions.tail_by_frame, the full-resolution layers one video frame at a time; None: with
+  # decode_frames_per_call (the small-memory setting). Full size, one latent frame a call, XLA's CPU estimate of
+  # the decode's temporaries: 5.01 -> 3.79 GiB (the GPU's, and its time, in docs/benchmarks.md when measured).
   def __init__(self, config: VaeConfig = WAN21_VAE, *, dtype=jnp.bfloat16, conv_impl: str = "fold_in",
-               upsample_impl: str = "subpixel", decode_frames_per_call: int | None = None):
+               upsample_impl: str = "subpixel", decode_frames_per_call: int | None = None,
+               tail_by_frame: bool | None = None):
     if decode_frames_per_call is not None and decode_frames_per_call < 1:
       raise ValueError(f"WanVAE: decode_frames_per_call must be >= 1 or None, got {decode_frames_per_call}")
     self.config = config
     self.decode_frames_per_call = decode_frames_per_call
-    self.options = VaeOptions(dtype=dtype, conv_impl=conv_impl, upsample_impl=upsample_impl)
+    if tail_by_frame is None:
+      tail_by_frame = decode_frames_per_call is not None
+    self.options = VaeOptions(dtype=dtype, conv_impl=conv_impl, upsample_impl=upsample_impl,
+                              tail_by_frame=tail_by_frame)
     # Donating the cache lets XLA write the new cache over the old one; the CPU backend ignores
     # donation (with a warning), so only donate where it works.
     donate = (2,) if jax.default_backend() != "cpu" else ()

@@ -38,10 +38,14 @@ class VaeOptions:
   upsample_impl: nearest-2x upsample + 3x3 conv as 'repeat' (materialise the 4x larger input) or
     'subpixel' (one 3x3 conv on the small input with 4*O outputs, then depth-to-space: the same
     function, without writing and re-reading the upsampled tensor).
+  tail_by_frame: the decoder's layers after its last temporal upsampling (the two widest resolutions and the
+    head, at 4 video frames a latent frame) run one video frame at a time under a scan, their causal cache
+    carried: the same frames, with a quarter of those layers' activations alive at once.
   """
   dtype: Dtype = jnp.bfloat16
   conv_impl: str = "fold_in"
   upsample_impl: str = "subpixel"
+  tail_by_frame: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))

@@ -53,6 +53,27 @@ def test_decode_in_pieces_equals_one_call(setup, per_call):
     WanVAE(fx.CONFIG, decode_frames_per_call=0)
 
 
+@pytest.mark.parametrize("first_frames", [1, 3])
+def test_full_resolution_layers_by_frame_give_the_same_decode(setup, first_frames):
+  """VaeOptions.tail_by_frame: the layers after the last temporal upsampling, one video frame at a time under a
+  scan with their causal cache carried, give the frames and the cache of the whole-chunk decode (float32: equal
+  up to the order of sums); WanVAE turns it on with decode_frames_per_call unless told."""
+  vae, params = setup
+  by_frame = WanVAE(fx.CONFIG, dtype=jnp.float32, conv_impl="3d", tail_by_frame=True)
+  z = jnp.asarray(fx.latents(seed=8, batch=2, frames=first_frames + 3))
+  whole0, cache0 = vae.decode_chunk(params, z[:, :first_frames])
+  frames0, c0 = by_frame.decode_chunk(params, z[:, :first_frames])
+  whole1, _ = vae.decode_chunk(params, z[:, first_frames:], cache0)
+  frames1, c1 = by_frame.decode_chunk(params, z[:, first_frames:], c0)
+  assert frames0.shape == whole0.shape and frames0.shape[1] == 1 + 4 * (first_frames - 1) and frames1.shape[1] == 12
+  for a, b in ((frames0, whole0), (frames1, whole1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+  assert sorted(c0) == sorted(cache0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0), c0, cache0)
+  assert not vae.options.tail_by_frame and WanVAE(fx.CONFIG, decode_frames_per_call=1).options.tail_by_frame
+  assert not WanVAE(fx.CONFIG, decode_frames_per_call=1, tail_by_frame=False).options.tail_by_frame
+
+
 def test_streaming_encode_equals_whole(setup):
   vae, params = setup
   v = jnp.asarray(fx.video(seed=6, frames=9))
@@ -80,7 +101,8 @@ def test_bad_video_length(setup):
 
 
 def test_codec_folder_loads_with_frames_per_call(setup, tmp_path):
-  """load_latent_codec's decode_frames_per_call (sample --vae_frames_per_call) reaches the Wan VAE it builds."""
+  """load_latent_codec's decode_frames_per_call (sample --vae_frames_per_call) and tail_by_frame reach the Wan VAE
+  it builds."""
   from hybrid_forcing_jax.checkpoint import flatten, save_checkpoint
   from hybrid_forcing_jax.latent_codec import load_latent_codec
   _, params = setup
@@ -88,6 +110,9 @@ def test_codec_folder_loads_with_frames_per_call(setup, tmp_path):
   default, _ = load_latent_codec(str(tmp_path / "vae"))
   one, _ = load_latent_codec(str(tmp_path / "vae"), decode_frames_per_call=1)
   assert default.decode_frames_per_call is None and one.decode_frames_per_call == 1
+  assert not default.options.tail_by_frame and one.options.tail_by_frame   # the small-memory setting does both
+  whole, _ = load_latent_codec(str(tmp_path / "vae"), decode_frames_per_call=1, tail_by_frame=False)
+  assert not whole.options.tail_by_frame
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
