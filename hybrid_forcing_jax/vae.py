@@ -200,6 +200,19 @@ def _middle(p, x, cache, name, new, opt):
   return L.residual_block(p["2"], x, cache, f"{name}.2", new, opt)
 
 
+def _levels(blocks, x, cache, new, entries, prefix, opt, resample3d, resample2d):
+  """The (index, kind, ...) entries of a decoder_layout / encoder_layout: residual blocks and resamples."""
+  for i, kind, *_ in entries:
+    p, name = blocks[str(i)], f"{prefix}.{i}"
+    if kind == "res":
+      x = L.residual_block(p, x, cache, name, new, opt)
+    elif kind.endswith("3d"):
+      x = resample3d(p, x, cache, name, new, opt)
+    else:
+      x = resample2d(p["resample"]["1"], x, opt)
+  return x
+
+
 def _head(p, x, cache, name, new, opt):
   x = jax.nn.silu(L.rms_norm(p["0"]["gamma"], x, opt))
   x, new[f"{name}.2"] = L.causal_conv3d(p["2"], x, L._get(cache, f"{name}.2"), opt)
@@ -222,15 +235,7 @@ def decode_chunk(params, z, cache, config: VaeConfig, opt: VaeOptions):
   last_up3d = max(n for n, (_, kind, *_) in enumerate(layout) if kind == "up3d")
 
   def layers(x, cache, new, entries):
-    for i, kind, *_ in entries:
-      p, name = d["upsamples"][str(i)], f"decoder.upsamples.{i}"
-      if kind == "res":
-        x = L.residual_block(p, x, cache, name, new, opt)
-      elif kind == "up3d":
-        x = L.upsample3d(p, x, cache, name, new, opt)
-      else:
-        x = L.upsample2d(p["resample"]["1"], x, opt)
-    return x
+    return _levels(d["upsamples"], x, cache, new, entries, "decoder.upsamples", opt, L.upsample3d, L.upsample2d)
 
   def tail(x, cache):   # -> (frames, the tail's new cache)
     tail_new = {}
@@ -262,14 +267,8 @@ def encode_chunk(params, video, cache, config: VaeConfig, opt: VaeOptions):
   new: dict[str, jax.Array] = {}
   e = params["encoder"]
   x, new["encoder.conv1"] = L.causal_conv3d(e["conv1"], video, L._get(cache, "encoder.conv1"), opt)
-  for i, kind, *_ in encoder_layout(config):
-    p, name = e["downsamples"][str(i)], f"encoder.downsamples.{i}"
-    if kind == "res":
-      x = L.residual_block(p, x, cache, name, new, opt)
-    elif kind == "down3d":
-      x = L.downsample3d(p, x, cache, name, new, opt)
-    else:
-      x = L.downsample2d(p["resample"]["1"], x, opt)
+  x = _levels(e["downsamples"], x, cache, new, encoder_layout(config), "encoder.downsamples", opt, L.downsample3d,
+              L.downsample2d)
   x = _middle(e["middle"], x, cache, "encoder.middle", new, opt)
   x = _head(e["head"], x, cache, "encoder.head", new, opt)
   # The quant conv (`conv1`) in float32: it is tiny, and the latents feed training targets.
