@@ -1,10 +1,11 @@
 """Run a plan of resumable jobs over the GPUs of one host until a time budget ends (docs/world.md, "Running the
 world's experiments on one host").
 
-  python scripts/gpu_jobs.py --plan=scripts/world_plan.py --work=/root/w --budget_s=530 [--per_gpu=3]
-      [--gpus=0,1,2,3] [--only=NAME,...] [--set KEY=VALUE ...] [--dry_run]
+  python scripts/gpu_jobs.py --plan=scripts/world_plan.py [--plan=benchmarks/speed_plan.py] --work=/root/w
+      --budget_s=530 [--per_gpu=3] [--gpus=0,1,2,3] [--only=NAME,...] [--set KEY=VALUE ...] [--dry_run]
 
-The plan is a Python file whose `jobs(work, settings)` returns `Job`s in priority order. A job starts as soon as the
+A plan is a Python file whose `jobs(work, settings)` returns `Job`s in priority order; several plans run as one,
+the first's jobs first (names unique across them; a job may depend on another plan's). A job starts as soon as the
 jobs it depends on are done and a GPU has room: a shared job takes one GPU, beside up to --per_gpu - 1 others
 (tiny models: several trainers per GPU keep it busier); an exclusive job holds the GPUs it names alone (a
 data-parallel teacher, a benchmark); `gpus=()` runs on the CPU. Each job runs in its own process group with
@@ -42,18 +43,21 @@ class Job:
   exclusive: bool = False       # hold `gpus` alone (no other job on them while it runs)
 
 
-def load_plan(path: str, work: str, settings: dict[str, str]) -> list[Job]:
-  spec = importlib.util.spec_from_file_location("gpu_jobs_plan", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  jobs = module.jobs(work, settings)
+def load_plans(paths: list[str], work: str, settings: dict[str, str]) -> list[Job]:
+  jobs = []
+  for i, path in enumerate(paths):
+    spec = importlib.util.spec_from_file_location(f"gpu_jobs_plan_{i}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    jobs += module.jobs(work, settings)
+  where = ", ".join(paths)
   names = [j.name for j in jobs]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f"{path}: job names must be unique; repeated: {duplicates}")
+    raise ValueError(f"{where}: job names must be unique; repeated: {duplicates}")
   unknown = sorted({d for j in jobs for d in j.deps if d not in names})
   if unknown:
-    raise ValueError(f"{path}: jobs depend on jobs the plan does not have: {unknown}")
+    raise ValueError(f"{where}: jobs depend on jobs the plan does not have: {unknown}")
   return jobs
 
 
@@ -104,19 +108,18 @@ class Runner:
         self.say(f"FAILED {name} (exit {code}) after {took:.0f} s: see {self.work}/logs/{name}.log")
 
   def schedule(self) -> None:
-    reserved: set[int] = set()   # GPUs a ready exclusive job waits for: no shared job starts there meanwhile
-    for job in self.jobs:
-      if job.name in self.running or job.name in self.failed or self.done(job.name):
-        continue
-      if not all(self.done(d) for d in job.deps):
-        continue
+    ready = [j for j in self.jobs if j.name not in self.running and j.name not in self.failed
+             and not self.done(j.name) and all(self.done(d) for d in j.deps)]
+    # The GPUs of every ready exclusive job, whatever its priority: no shared job starts there while it waits for
+    # them to empty (else shared jobs ahead of it in the plan would keep them busy for good).
+    reserved = {g for j in ready if j.exclusive and j.gpus for g in j.gpus}
+    for job in ready:
       if job.gpus == ():
         self.start(job, ())
       elif job.gpus is not None:
         if job.exclusive:
           if all(self.load(g) == 0 for g in job.gpus):
             self.start(job, job.gpus)
-          reserved.update(job.gpus)
         elif all(not self.held_alone(g) and g not in reserved and self.load(g) < self.per_gpu for g in job.gpus):
           self.start(job, job.gpus)
       else:
@@ -188,7 +191,8 @@ def pack(work: str, path: str, suffixes: tuple[str, ...], max_bytes: int) -> int
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--plan", required=True, help="Python file with jobs(work, settings) -> [Job, ...]")
+  parser.add_argument("--plan", required=True, action="append",
+                      help="Python file with jobs(work, settings) -> [Job, ...]; repeat it to run several as one")
   parser.add_argument("--work", required=True, help="folder of the markers (done/) and logs (logs/), and the plan's outputs")
   parser.add_argument("--budget_s", type=float, required=True, help="seconds until the running jobs are stopped")
   parser.add_argument("--grace_s", type=float, default=40.0, help="seconds between SIGTERM and SIGKILL at the end")
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
     key, value = item.split("=", 1)
     settings[key] = value
   try:
-    jobs = load_plan(args.plan, args.work, settings)
+    jobs = load_plans(args.plan, args.work, settings)
   except (OSError, ValueError, KeyError) as e:
     print(f"gpu_jobs: error: {e}", file=sys.stderr)
     return 2

@@ -145,3 +145,31 @@ def test_pack_gathers_the_small_results(tmp_path):
   assert names == ["done/train", "logs/train.log", "run.json", "run/metrics.jsonl"], names
   assert len(log) == 65536 and log.endswith(b"xxxEND\n")
   assert "packed 4 files into" in done.stdout
+
+
+def test_a_waiting_exclusive_job_is_not_starved_by_shared_jobs_ahead_of_it(tmp_path):
+  plan = """
+  def jobs(work, settings):
+    log = lambda n: f"echo {n} start $CUDA_VISIBLE_DEVICES >> {work}/out; sleep 1"
+    return [Job("s1", log("s1")), Job("s2", log("s2")), Job("s3", log("s3")),
+            Job("bench", log("bench"), gpus=(1,), exclusive=True)]
+  """
+  done = run(tmp_path, plan, "--budget_s=60", "--gpus=0,1", "--per_gpu=1")
+  assert done.returncode == 0, done.stdout + done.stderr
+  lines = (tmp_path / "w" / "out").read_text().split("\n")
+  assert lines[:2] == ["s1 start 0", "bench start 1"]   # GPU 1 kept for the benchmark, last in the plan
+  assert sorted(line.split()[0] for line in lines[2:] if line) == ["s2", "s3"]
+
+
+def test_plans_run_as_one(tmp_path):
+  """--plan twice: the world's and the speed benchmarks' jobs in one listing, the benchmarks alone on their GPU."""
+  done = subprocess.run([sys.executable, "scripts/gpu_jobs.py", "--plan=scripts/world_plan.py",
+                         "--plan=benchmarks/speed_plan.py", f"--work={tmp_path}", "--budget_s=1", "--gpus=0,1,2,3",
+                         "--dry_run", "--set", "bench_gpu=2"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+  assert done.returncode == 0, done.stderr
+  rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+  assert "GPUs [2] (alone)" in rows["bench_cold_start"] and "GPUs [2] (alone)" in rows["bench_vae_tail_off"]
+  assert "ode_init" in rows and len(rows) == 26 + 5
+  twice = run(tmp_path, 'def jobs(work, settings):\n  return [Job("a", "true")]\n', "--budget_s=5", "--gpus=0",
+              f"--plan={tmp_path / 'plan.py'}")
+  assert twice.returncode == 2 and "job names must be unique; repeated: ['a']" in twice.stderr
