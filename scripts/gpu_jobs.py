@@ -226,8 +226,13 @@ def main(argv=None) -> int:
       return 2
     jobs = [j for j in jobs if j.name in wanted]
   if args.gpus is None:
-    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    try:
+      listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:   # no NVIDIA driver here: only the plan's CPU jobs can run
+      listed = ""
     gpus = list(range(sum(line.startswith("GPU ") for line in listed.splitlines())))
+    if not gpus:
+      print("gpu_jobs: no GPU listed by nvidia-smi; only CPU jobs will run (--gpus=... to name them)", file=sys.stderr)
   else:
     gpus = [int(g) for g in args.gpus.split(",") if g != ""]
   runner = Runner(jobs, args.work, gpus, args.per_gpu)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -173,3 +175,19 @@ def test_plans_run_as_one(tmp_path):
   twice = run(tmp_path, 'def jobs(work, settings):\n  return [Job("a", "true")]\n', "--budget_s=5", "--gpus=0",
               f"--plan={tmp_path / 'plan.py'}")
   assert twice.returncode == 2 and "job names must be unique; repeated: ['a']" in twice.stderr
+
+
+def test_without_a_gpu_only_cpu_jobs_run(tmp_path):
+  """No nvidia-smi (a CPU machine), no --gpus: the CPU jobs run, the GPU ones are left, exit 3, saying why."""
+  env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin"}
+  path = tmp_path / "plan.py"
+  path.write_text("import sys\nsys.path.insert(0, %r)\nfrom gpu_jobs import Job\n" % os.path.join(ROOT, "scripts")
+                  + 'def jobs(work, settings):\n  return [Job("cpu", "true", gpus=()), Job("gpu", "true")]\n')
+  done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_jobs.py"), f"--plan={path}",
+                         f"--work={tmp_path / 'w'}", "--budget_s=20"], capture_output=True, text=True, timeout=60,
+                        env=env)
+  if subprocess.run(["which", "nvidia-smi"], capture_output=True, env=env).returncode == 0:
+    pytest.skip("nvidia-smi is here: a GPU machine")
+  assert done.returncode == 3, done.stdout + done.stderr
+  assert "no GPU listed by nvidia-smi; only CPU jobs will run" in done.stderr
+  assert os.listdir(tmp_path / "w" / "done") == ["cpu"] and "not done: gpu" in done.stdout
