@@ -12,7 +12,6 @@ shapes in models.py's table; loading and saving check every key and shape agains
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os

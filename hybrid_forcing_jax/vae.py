@@ -246,11 +246,9 @@ def decode_chunk(params, z, cache, config: VaeConfig, opt: VaeOptions):
   if not opt.tail_by_frame:
     x, tail_new = tail(x, cache)
   else:
-    if cache is None:   # a causal conv's absent cache is zeros: start from them, shaped as one frame leaves it
-      shapes = jax.eval_shape(lambda f: tail(f, None)[1], x[:, :1])
-      tail_cache = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
-    else:
-      tail_cache = {k: cache[k] for k in jax.eval_shape(lambda f: tail(f, None)[1], x[:, :1])}
+    # The tail's cache entries, as one frame leaves them; a causal conv's absent cache is zeros.
+    shapes = jax.eval_shape(lambda f: tail(f, None)[1], x[:, :1])
+    tail_cache = {k: jnp.zeros(v.shape, v.dtype) if cache is None else cache[k] for k, v in shapes.items()}
 
     def step(c, frame):
       y, c = tail(frame[:, None], c)
